@@ -1,0 +1,84 @@
+"""Command line: ``acp-proxy serve|attach``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from .config import ConfigError, load_config
+from .logs import configure_logging
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="acp-proxy",
+        description="A long-lived ACP sidecar: one warm agent per conversation, "
+        "every session recorded in SQLite.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="listen on a unix socket and serve ACP clients",
+        usage="acp-proxy serve --socket PATH --db PATH [--config FILE] -- AGENT_COMMAND [ARGS...]",
+    )
+    serve.add_argument("--socket", default=os.environ.get("ACP_PROXY_SOCKET"),
+                       help="unix socket path (default: $ACP_PROXY_SOCKET)")
+    serve.add_argument("--db", default=os.environ.get("ACP_PROXY_DB"),
+                       help="SQLite database path (default: $ACP_PROXY_DB)")
+    serve.add_argument("--config", help="TOML config file (keys as in config.example.toml)")
+    serve.add_argument("--warm-spares", type=int, help="agents kept spawned ahead of session/new")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("agent", nargs=argparse.REMAINDER, help="-- AGENT_COMMAND [ARGS...]")
+    attach = sub.add_parser("attach", help="bridge stdio to a running proxy's socket")
+    attach.add_argument("--socket", default=os.environ.get("ACP_PROXY_SOCKET"),
+                        help="unix socket path (default: $ACP_PROXY_SOCKET)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``acp-proxy`` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "attach":
+        configure_logging("warning")
+        if not args.socket:
+            print("acp-proxy attach: pass --socket or set ACP_PROXY_SOCKET", file=sys.stderr)
+            return 2
+        from .attach import attach
+
+        return anyio.run(attach, args.socket)
+    agent = list(args.agent)
+    if agent and agent[0] == "--":
+        agent = agent[1:]
+    try:
+        config = load_config(
+            args.config,
+            socket=args.socket,
+            db=args.db,
+            agent_command=agent or None,
+            warm_spares=args.warm_spares,
+            log_level=args.log_level,
+        )
+    except ConfigError as exc:
+        print(f"acp-proxy serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    from .server import SocketInUseError, serve
+
+    try:
+        anyio.run(serve, config)
+    except SocketInUseError as exc:
+        print(f"acp-proxy serve: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""One agent process: spawn, pipes, request correlation, termination.
+
+The agent runs in its own process group (so the whole tree can be signalled) under the proxy's
+task group, never under a client's: a client leaving does not end it. Its stdout is read in
+chunks; every chunk's messages form one :class:`Batch`: the handler decides synchronously what
+each message means (store writes, deliveries), the batch's writes are committed, then the
+deliveries run in arrival order. So an event reaches a client only once it is in the store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import anyio
+import msgspec
+from anyio.abc import Process, TaskStatus
+from msgspec import Raw
+
+from .logs import get_logger
+from .outbox import Outbox
+from .protocol import (
+    AGENT_EXITED,
+    EMPTY,
+    METHOD_NOT_FOUND,
+    ErrorResponse,
+    LineBuffer,
+    Message,
+    Oversize,
+    ProtocolError,
+    Request,
+    RequestId,
+    Response,
+    decode_message,
+    encode_error,
+    encode_notification,
+    encode_request,
+    encode_response,
+    error_payload,
+)
+
+__all__ = [
+    "AgentError",
+    "AgentExited",
+    "AgentHandler",
+    "AgentProcess",
+    "Batch",
+    "ExitInfo",
+    "ReplyCallback",
+]
+
+#: Lines of agent stderr kept for error reports.
+STDERR_TAIL_LINES: Final = 20
+_PROXY_VERSION: Final = "0.1.0"
+
+
+@dataclass
+class Batch:
+    """What one chunk of agent output means: store writes, then deliveries in order."""
+
+    ops: list[Any] = field(default_factory=list)
+    deliveries: list[Callable[[], None]] = field(default_factory=list)
+
+
+#: Called (synchronously) with the agent's answer to a request the proxy sent.
+ReplyCallback = Callable[[Response | ErrorResponse, Batch], None]
+
+
+class AgentHandler(Protocol):
+    """Decides what the agent's calls mean. Synchronous: it only fills the batch."""
+
+    def on_agent_message(self, agent: AgentProcess, msg: Message, batch: Batch) -> None:
+        """A request or notification from the agent."""
+
+    def on_agent_exit(self, agent: AgentProcess, batch: Batch) -> None:
+        """The agent process ended (pending requests were already failed)."""
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How an agent process ended."""
+
+    returncode: int | None
+    stderr_tail: list[str]
+
+    def as_data(self) -> dict[str, Any]:
+        """JSON-RPC ``error.data`` describing the exit."""
+        code = self.returncode
+        return {
+            "kind": "agent_exited",
+            "exitCode": code if code is not None and code >= 0 else None,
+            "signal": signal.Signals(-code).name if code is not None and code < 0 else None,
+            "stderrTail": self.stderr_tail,
+        }
+
+    def describe(self) -> str:
+        """One line for humans."""
+        data = self.as_data()
+        how = f"signal {data['signal']}" if data["signal"] else f"exit code {data['exitCode']}"
+        tail = f"; last stderr line: {self.stderr_tail[-1]!r}" if self.stderr_tail else ""
+        return f"the agent process ended ({how}){tail}"
+
+
+class AgentError(Exception):
+    """The agent answered a proxy request with a JSON-RPC error."""
+
+    def __init__(self, method: str, reply: ErrorResponse) -> None:
+        super().__init__(f"agent answered {method} with error {reply.code}: {reply.message}")
+        self.reply = reply
+
+
+class AgentExited(Exception):
+    """The agent process ended before answering."""
+
+    def __init__(self, info: ExitInfo, doing: str) -> None:
+        super().__init__(f"{info.describe()} while {doing}")
+        self.info = info
+
+
+class _UnboundHandler:
+    """A spare agent has no session: nothing it says can reach a client."""
+
+    def on_agent_message(self, agent: AgentProcess, msg: Message, batch: Batch) -> None:
+        if isinstance(msg, Request):
+            agent.send_error(msg.id, METHOD_NOT_FOUND, f"{msg.method}: no session is bound")
+        else:
+            agent.log.debug("agent.notification_dropped", method=msg.method)
+
+    def on_agent_exit(self, agent: AgentProcess, batch: Batch) -> None:
+        pass
+
+
+UNBOUND: Final = _UnboundHandler()
+_result_decoder: Final = msgspec.json.Decoder(dict[str, Any])
+
+
+class AgentProcess:
+    """A spawned ACP agent and its stdio connection."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        cwd: str | None,
+        env: dict[str, str] | None,
+        commit: Callable[[list[Any]], Awaitable[None]],
+        max_line_bytes: int,
+        kill_grace_s: float,
+    ) -> None:
+        self.command = list(command)
+        self.cwd = cwd
+        self.env = env
+        self.handler: AgentHandler = UNBOUND
+        self._commit = commit
+        self._max_line_bytes = max_line_bytes
+        self._kill_grace_s = kill_grace_s
+        self._next_id = 0
+        self._pending: dict[int, tuple[str, ReplyCallback]] = {}
+        self._scope = anyio.CancelScope()
+        self.outbox = Outbox(limit_bytes=1 << 62)
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self.process: Process | None = None
+        self.pid: int | None = None
+        self.spawned_at = 0.0
+        self.first_message_at: float | None = None
+        self.initialize_result: dict[str, Any] = {}
+        self.exit_info: ExitInfo | None = None
+        self.exited = anyio.Event()
+        self.log = get_logger(component="agent")
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[AgentProcess]) -> None:
+        """Spawn the process, pump its pipes until it ends, then clean up.
+
+        Started with ``task_group.start``: returns control once the process exists.
+
+        Raises:
+            OSError: the command could not be started (not found, not executable, bad cwd).
+        """
+        self.spawned_at = time.monotonic()
+        process = await anyio.open_process(
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self.cwd,
+            env=self.env,
+            start_new_session=True,  # own process group: the whole tree can be signalled
+        )
+        self.process, self.pid = process, process.pid
+        self.log = self.log.bind(agent_pid=process.pid)
+        self.log.info("agent.spawned", command=self.command, cwd=self.cwd)
+        task_status.started(self)
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._drain_stderr)
+                    tg.start_soon(self._write_stdin)
+                    await self._read_stdout()
+                    tg.cancel_scope.cancel()
+        except Exception:
+            # A bug met while serving this agent ends this agent (its session can be
+            # restored), not the proxy and every other conversation.
+            self.log.exception("agent.handler_crashed")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._terminate()
+                await self._on_exit()
+
+    def stop(self) -> None:
+        """Ask the process to end (stdin closed, then signals); returns at once."""
+        self._scope.cancel()
+
+    async def _read_stdout(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        buffer = LineBuffer(self._max_line_bytes)
+        async for data in self.process.stdout:
+            await self._process(buffer.feed(data))
+        await self._process(buffer.feed(b""))
+
+    async def _process(self, lines: list[bytes | Oversize]) -> None:
+        if not lines:
+            return
+        batch = Batch()
+        for line in lines:
+            if isinstance(line, Oversize):
+                self.log.warning("agent.line_too_long", limit=self._max_line_bytes)
+                continue
+            try:
+                msg = decode_message(line)
+            except ProtocolError as exc:
+                self.log.warning("agent.malformed_line", error=exc.message, line=line[:200])
+                self.send_error(exc.data if _is_id(exc.data) else None, exc.code, exc.message)
+                continue
+            if self.first_message_at is None:
+                self.first_message_at = time.monotonic()
+            if isinstance(msg, Response | ErrorResponse):
+                entry = self._pending.pop(msg.id, None) if isinstance(msg.id, int) else None
+                if entry is None:
+                    self.log.warning("agent.unexpected_response", id=msg.id)
+                else:
+                    entry[1](msg, batch)
+            else:
+                self.handler.on_agent_message(self, msg, batch)
+        await self._run_batch(batch)
+
+    async def _run_batch(self, batch: Batch) -> None:
+        if batch.ops:
+            try:
+                await self._commit(batch.ops)
+            except Exception:  # the store failing must not silence the conversation
+                self.log.exception("store.commit_failed", ops=len(batch.ops))
+        for deliver in batch.deliveries:
+            deliver()
+
+    async def _write_stdin(self) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        try:
+            await self.outbox.run(self.process.stdin)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self.log.info("agent.stdin_closed")
+
+    async def _drain_stderr(self) -> None:
+        # A full stderr pipe blocks the agent (acp-notes §11.10): always drain it.
+        assert self.process is not None and self.process.stderr is not None
+        buffer = LineBuffer(64 * 1024)
+        async for data in self.process.stderr:
+            for line in buffer.feed(data):
+                if isinstance(line, bytes):
+                    text = line.decode(errors="replace")
+                    self.stderr_tail.append(text)
+                    self.log.debug("agent.stderr", line=text)
+
+    async def _terminate(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        self.outbox.close()
+        if process.returncode is None and process.stdin is not None:
+            # Closing stdin is ACP's shutdown signal (transports.mdx).
+            with anyio.move_on_after(1):
+                await process.stdin.aclose()
+            with anyio.move_on_after(self._kill_grace_s):
+                await process.wait()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if process.returncode is not None:
+                break
+            # Still ours and not reaped, so the group id is still the one we created.
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            with anyio.move_on_after(self._kill_grace_s):
+                await process.wait()
+        await process.wait()
+        # Let stderr finish so the tail explains the exit.
+        if process.stderr is not None:
+            with anyio.move_on_after(0.2):
+                async for data in process.stderr:
+                    for line in data.decode(errors="replace").splitlines():
+                        if line.strip():
+                            self.stderr_tail.append(line)
+            await process.aclose()
+
+    async def _on_exit(self) -> None:
+        assert self.process is not None
+        self.exit_info = ExitInfo(self.process.returncode, list(self.stderr_tail))
+        self.log.info("agent.exited", returncode=self.process.returncode)
+        batch = Batch()
+        synthetic_error = Raw(
+            error_payload(AGENT_EXITED, self.exit_info.describe(), self.exit_info.as_data())
+        )
+        pending, self._pending = self._pending, {}
+        for ident, (_method, callback) in pending.items():
+            reply = ErrorResponse(ident, synthetic_error, AGENT_EXITED, self.exit_info.describe())
+            callback(reply, batch)
+        self.handler.on_agent_exit(self, batch)
+        self.exited.set()
+        await self._run_batch(batch)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send_request(self, method: str, params: Raw | bytes, on_reply: ReplyCallback) -> int:
+        """Send a request with a fresh proxy-allocated id; ``on_reply`` gets the answer."""
+        self._next_id += 1
+        ident = self._next_id
+        self._pending[ident] = (method, on_reply)
+        self.outbox.send_nowait(encode_request(ident, method, params))
+        return ident
+
+    def send_notification(self, method: str, params: Raw | bytes = EMPTY) -> None:
+        """Send a notification."""
+        self.outbox.send_nowait(encode_notification(method, params))
+
+    def send_response(self, ident: RequestId, result: Raw | bytes) -> None:
+        """Answer one of the agent's requests."""
+        self.outbox.send_nowait(encode_response(ident, result))
+
+    def send_error(
+        self, ident: RequestId, code: int, message: str, data: object = None, *, raw: Raw = EMPTY
+    ) -> None:
+        """Answer one of the agent's requests with an error."""
+        self.outbox.send_nowait(encode_error(ident, code, message, data, raw=raw))
+
+    def forget_request(self, ident: int) -> None:
+        """Drop the callback of a request whose answer no longer matters."""
+        self._pending.pop(ident, None)
+
+    @property
+    def alive(self) -> bool:
+        """True until the process has ended."""
+        return self.process is not None and not self.exited.is_set()
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests sent to the agent and not answered yet."""
+        return len(self._pending)
+
+    async def call(self, method: str, params: object) -> dict[str, Any]:
+        """Send a proxy-originated request and wait for its result.
+
+        Raises:
+            AgentError: the agent answered with an error.
+            AgentExited: the process ended first.
+        """
+        done = anyio.Event()
+        box: list[Response | ErrorResponse] = []
+
+        def on_reply(reply: Response | ErrorResponse, batch: Batch) -> None:
+            box.append(reply)
+            batch.deliveries.append(done.set)
+
+        payload = params if isinstance(params, bytes | Raw) else msgspec.json.encode(params)
+        ident = self.send_request(method, payload, on_reply)
+        try:
+            await done.wait()
+        finally:
+            if not box:
+                self.forget_request(ident)
+        reply = box[0]
+        if isinstance(reply, ErrorResponse):
+            if reply.code == AGENT_EXITED and self.exit_info is not None:
+                raise AgentExited(self.exit_info, f"waiting for {method}")
+            raise AgentError(method, reply)
+        raw = bytes(reply.result)
+        return {} if raw == b"null" else _result_decoder.decode(raw)
+
+    async def initialize(self, client_capabilities: dict[str, Any]) -> None:
+        """ACP ``initialize`` with the proxy's fixed client capability set."""
+        self.initialize_result = await self.call(
+            "initialize",
+            {
+                "protocolVersion": 1,
+                "clientCapabilities": client_capabilities,
+                "clientInfo": {"name": "acp-proxy", "version": _PROXY_VERSION},
+            },
+        )
+
+    @property
+    def capabilities(self) -> dict[str, Any]:
+        """The agent's ``agentCapabilities`` (empty before initialize)."""
+        caps = self.initialize_result.get("agentCapabilities")
+        return caps if isinstance(caps, dict) else {}
+
+    def supports(self, session_capability: str) -> bool:
+        """Whether ``sessionCapabilities.<name>`` is advertised (``load`` reads loadSession)."""
+        if session_capability == "load":
+            return self.capabilities.get("loadSession") is True
+        caps = self.capabilities.get("sessionCapabilities")
+        return isinstance(caps, dict) and isinstance(caps.get(session_capability), dict)
+
+    @property
+    def cli_ready_ms(self) -> float:
+        """Spawn → first well-formed message from the agent."""
+        if self.first_message_at is None:
+            return 0.0
+        return (self.first_message_at - self.spawned_at) * 1000
+
+
+def _is_id(value: object) -> bool:
+    return value is None or isinstance(value, int | str)

@@ -1,0 +1,96 @@
+"""Configuration: one frozen struct, every default next to its reason.
+
+Loaded once in ``__main__`` (TOML file, then command-line options) and passed explicitly;
+there is no global configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+
+from .protocol import DEFAULT_MAX_LINE_BYTES
+
+__all__ = ["DEFAULT_CLIENT_CAPABILITIES", "Config", "ConfigError", "load_config"]
+
+#: The agent sees one fixed client capability set (acp-notes §11.3): no fs, no terminal, so the
+#: agent uses its own tools and never depends on which client happens to be attached.
+DEFAULT_CLIENT_CAPABILITIES: Final[dict[str, Any]] = {
+    "fs": {"readTextFile": False, "writeTextFile": False},
+    "terminal": False,
+}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says which key and why."""
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every setting of ``acp-proxy serve``."""
+
+    #: Unix socket the proxy listens on.
+    socket: str = ""
+    #: SQLite database file (created if missing).
+    db: str = ""
+    #: The agent command line, e.g. ``["opencode", "acp"]``.
+    agent_command: list[str] = msgspec.field(default_factory=list)
+    #: Name recorded with each session; later, one proxy may serve several agent profiles.
+    agent_profile: str = "default"
+    #: Socket file mode: owner only, since anyone who can connect can drive the agents.
+    socket_mode: int = 0o600
+    #: Longest accepted NDJSON line, both sides. Agents send multi-MB lines.
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    #: Agents kept spawned and initialized ahead of ``session/new``. One spare hides the agent's
+    #: start-up (≈1.5 s for opencode) from the first turn and gives ``initialize`` its answer.
+    warm_spares: int = 1
+    #: Spawn → ``initialize`` answered. opencode needs ≈1.5 s; codex is reported at 15-25 s.
+    agent_start_timeout_s: float = 60.0
+    #: Close stdin, wait this long, SIGTERM the process group, wait again, then SIGKILL.
+    kill_grace_s: float = 2.0
+    #: ``clientCapabilities`` sent to every agent.
+    client_capabilities: dict[str, Any] = msgspec.field(
+        default_factory=lambda: dict(DEFAULT_CLIENT_CAPABILITIES)
+    )
+    #: Answer to ``session/request_permission`` when no client is attached: ``cancelled``, or
+    #: ``allow``/``reject`` to pick the first option of that kind.
+    unattached_permission: Literal["cancelled", "allow", "reject"] = "cancelled"
+    #: What a turn does when its client disconnects: keep running (recorded, replayed later)
+    #: or be cancelled.
+    on_client_disconnect: Literal["continue", "cancel"] = "continue"
+    #: Bytes queued to one client before it counts as stuck and is disconnected. A slow client
+    #: must not stall its agent or the recording (the turn goes on without it).
+    client_outbox_bytes: int = 256 * 1024 * 1024
+    #: structlog level for the JSON lines on stderr.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config:
+    """Read a TOML file (optional), apply non-``None`` overrides, validate.
+
+    Raises:
+        ConfigError: unknown key, wrong type or an invalid value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    if not config.socket:
+        raise ConfigError("no socket path: pass --socket or set ACP_PROXY_SOCKET")
+    if not config.db:
+        raise ConfigError("no database path: pass --db or set ACP_PROXY_DB")
+    if not config.agent_command:
+        raise ConfigError("no agent command: put it after `--`, e.g. `-- opencode acp`")
+    if config.warm_spares < 0 or config.kill_grace_s < 0 or config.max_line_bytes < 1024:
+        raise ConfigError("warm_spares and kill_grace_s must be >= 0, max_line_bytes >= 1024")
+    return config

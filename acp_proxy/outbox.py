@@ -1,0 +1,73 @@
+"""A byte-bounded outgoing queue with one writer task per peer.
+
+Deciding code stays synchronous: it calls :meth:`Outbox.send_nowait` and never awaits a slow
+peer. The writer task joins everything queued into one write, so a burst of small lines costs
+one syscall. A peer that stops reading fills its own outbox and is cut off; nobody else waits.
+"""
+
+from __future__ import annotations
+
+import anyio
+from anyio.abc import ByteSendStream
+
+__all__ = ["Outbox", "OutboxFull"]
+
+
+class OutboxFull(Exception):
+    """The peer did not read ``limit`` bytes of queued output: it is stuck or too slow."""
+
+
+class Outbox:
+    """Queue bytes for a stream; :meth:`run` writes them in order."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._wakeup = anyio.Event()
+        self._closed = False
+        self.bytes_sent = 0
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called; later sends are dropped."""
+        return self._closed
+
+    def send_nowait(self, data: bytes) -> None:
+        """Queue ``data``. Dropped silently once closed (the peer is gone).
+
+        Raises:
+            OutboxFull: queuing would exceed the byte limit; the outbox is closed.
+        """
+        if self._closed:
+            return
+        if self._size + len(data) > self.limit_bytes and self._chunks:
+            self.close()
+            raise OutboxFull(
+                f"{self._size} bytes already queued for a peer that is not reading "
+                f"(limit {self.limit_bytes})"
+            )
+        self._chunks.append(data)
+        self._size += len(data)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """Stop accepting data; :meth:`run` flushes what is queued and returns."""
+        self._closed = True
+        self._wakeup.set()
+
+    async def run(self, stream: ByteSendStream) -> None:
+        """Write queued data to ``stream`` until closed and drained.
+
+        Raises whatever the stream raises (``BrokenResourceError`` when the peer went away).
+        """
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            while self._chunks:
+                chunks, self._chunks, self._size = self._chunks, [], 0
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                await stream.send(data)
+                self.bytes_sent += len(data)
+            if self._closed:
+                return

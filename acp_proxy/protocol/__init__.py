@@ -1,0 +1,75 @@
+"""The protocol core: framing, envelope, errors and payload field access. No I/O at all.
+
+Nothing here imports anyio, structlog or aiosqlite; the shell (``acp_proxy`` proper) feeds
+bytes in and writes the bytes that come out.
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    AGENT_EXITED,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    REQUEST_CANCELLED,
+    RESOURCE_NOT_FOUND,
+    SESSION_BUSY,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from ._framing import DEFAULT_MAX_LINE_BYTES, OVERSIZE, LineBuffer, Oversize
+from ._messages import (
+    EMPTY,
+    ErrorResponse,
+    Message,
+    Notification,
+    Request,
+    RequestId,
+    Response,
+    decode_message,
+    encode_error,
+    encode_notification,
+    encode_request,
+    encode_response,
+    error_payload,
+)
+from ._params import get_str, object_members, rewrite_members, update_kind
+
+__all__ = [
+    "AGENT_EXITED",
+    "DEFAULT_MAX_LINE_BYTES",
+    "EMPTY",
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "METHOD_NOT_FOUND",
+    "OVERSIZE",
+    "PARSE_ERROR",
+    "REQUEST_CANCELLED",
+    "RESOURCE_NOT_FOUND",
+    "SESSION_BUSY",
+    "ErrorResponse",
+    "LineBuffer",
+    "LocalProtocolError",
+    "Message",
+    "Notification",
+    "Oversize",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Request",
+    "RequestId",
+    "Response",
+    "decode_message",
+    "encode_error",
+    "encode_notification",
+    "encode_request",
+    "encode_response",
+    "error_payload",
+    "get_str",
+    "object_members",
+    "rewrite_members",
+    "update_kind",
+]

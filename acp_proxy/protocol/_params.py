@@ -1,0 +1,82 @@
+"""Read and rewrite the few payload fields the proxy needs, leaving the rest raw.
+
+Params are decoded one level deep as ``dict[str, Raw]``: a rewrite re-encodes only the outer
+object and copies every other member's bytes as they came, so nested payloads (tool output,
+``_meta``, unknown fields) are never re-encoded.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+from msgspec import Raw
+
+from ._errors import INVALID_PARAMS, RemoteProtocolError
+
+__all__ = [
+    "get_str",
+    "object_members",
+    "rewrite_members",
+    "update_kind",
+]
+
+_members_decoder: Final = msgspec.json.Decoder(dict[str, Raw])
+_str_decoder: Final = msgspec.json.Decoder(str)
+_encoder: Final = msgspec.json.Encoder()
+
+
+class _UpdateKind(msgspec.Struct):
+    sessionUpdate: str = ""  # ACP wire name
+
+
+_kind_decoder: Final = msgspec.json.Decoder(_UpdateKind)
+
+
+def object_members(raw: Raw | bytes) -> dict[str, Raw]:
+    """The top-level members of a JSON object, each left raw.
+
+    Raises:
+        RemoteProtocolError: -32602 when ``raw`` is not a JSON object.
+    """
+    if not raw:
+        return {}
+    try:
+        return _members_decoder.decode(raw)
+    except msgspec.DecodeError:
+        raise RemoteProtocolError(
+            "Invalid params: expected a JSON object", INVALID_PARAMS
+        ) from None
+
+
+def get_str(members: dict[str, Raw], key: str) -> str | None:
+    """A string member, or None when absent, null or not a string."""
+    raw = members.get(key)
+    if raw is None:
+        return None
+    try:
+        return _str_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def rewrite_members(members: dict[str, Raw], **changes: object) -> bytes:
+    """Encode ``members`` with ``changes`` applied (a value of ``None`` removes the member).
+
+    Values in ``changes`` may be :class:`Raw` (embedded verbatim) or any msgspec-encodable value.
+    """
+    out = dict(members)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value if isinstance(value, Raw) else Raw(_encoder.encode(value))
+    return _encoder.encode(out)
+
+
+def update_kind(update: Raw | bytes) -> str:
+    """The ``sessionUpdate`` discriminator of a SessionUpdate ("" when absent or malformed)."""
+    try:
+        return _kind_decoder.decode(update).sessionUpdate
+    except msgspec.DecodeError:
+        return ""

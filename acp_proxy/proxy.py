@@ -1,0 +1,602 @@
+"""The hub: sessions, warm spare agents, and what each client method means.
+
+To a client the proxy is an ACP agent. ``initialize`` is answered from the capabilities of
+the agent command (learnt from a warm spare), adjusted to what the proxy itself serves;
+``session/new`` binds a spare (or a fresh process) to a new conversation with a proxy-minted
+128-bit id; later calls on that id are forwarded to the same warm process with ids and
+``sessionId`` rewritten per hop. ``session/load`` and ``session/resume`` are served from the
+store without calling the agent.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+from msgspec import Raw
+
+from store import DeleteSession, PutSession, SessionRecord, SqliteStore, UpdateSession
+
+from .agent import UNBOUND, AgentError, AgentExited, AgentProcess, Batch
+from .client import ClientConnection
+from .config import Config
+from .logs import get_logger
+from .protocol import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    RESOURCE_NOT_FOUND,
+    SESSION_BUSY,
+    ErrorResponse,
+    LocalProtocolError,
+    Message,
+    Notification,
+    ProtocolError,
+    Request,
+    Response,
+    get_str,
+    object_members,
+    rewrite_members,
+)
+from .session import Session, SetupTimings
+
+__all__ = ["AgentStartError", "Proxy"]
+
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder()
+#: What the proxy serves itself, whatever the agent supports (design §2).
+_PROXY_SESSION_CAPABILITIES: Final = ("list", "resume", "close", "delete")
+#: Agent session capabilities passed through as they are (they describe request params).
+_PASSTHROUGH_SESSION_CAPABILITIES: Final = ("additionalDirectories",)
+
+Handler = Callable[[ClientConnection, Request], Awaitable[None]]
+
+
+class AgentStartError(LocalProtocolError):
+    """The agent could not be started or did not complete ``initialize``."""
+
+
+class Proxy:
+    """Everything the proxy knows; one per ``serve``."""
+
+    def __init__(self, config: Config, store: SqliteStore, tg: TaskGroup) -> None:
+        self.config = config
+        self.store = store
+        self.tg = tg
+        self.sessions: dict[str, Session] = {}
+        self.spares: list[AgentProcess] = []
+        self.agent_info: dict[str, Any] | None = None
+        self._info_lock = anyio.Lock()
+        self._clients = 0
+        self.log = get_logger(component="proxy")
+        self._requests: dict[str, Handler] = {
+            "initialize": self._initialize,
+            "authenticate": self._authenticate,
+            "session/new": self._session_new,
+            "session/load": self._session_load,
+            "session/resume": self._session_resume,
+            "session/prompt": self._session_prompt,
+            "session/cancel": self._session_cancel_request,
+            "session/set_mode": self._session_set_mode,
+            "session/set_config_option": self._session_set_config_option,
+            "session/set_model": self._session_forward,
+            "session/list": self._session_list,
+            "session/close": self._session_close,
+            "session/delete": self._session_delete,
+        }
+        #: Slow handlers (they may spawn an agent) run beside the connection's reader.
+        self._background: frozenset[str] = frozenset({"session/new", "authenticate"})
+        self._auth_params: Raw | None = None
+
+    # -- agents ------------------------------------------------------------------------------
+
+    def start_spares(self) -> None:
+        """Pre-spawn the configured number of warm spare agents."""
+        for _ in range(self.config.warm_spares):
+            self.tg.start_soon(self._add_spare)
+
+    async def _add_spare(self) -> None:
+        try:
+            agent = await self.spawn_agent(None)
+        except AgentStartError as exc:
+            self.log.error("agent.spare_failed", error=exc.message, data=exc.data)
+            return
+        self.spares.append(agent)
+
+    async def spawn_agent(self, cwd: str | None) -> AgentProcess:
+        """Spawn the agent command and complete ``initialize``.
+
+        Raises:
+            AgentStartError: it could not be started, exited, erred or timed out.
+        """
+        config = self.config
+        agent = AgentProcess(
+            config.agent_command,
+            cwd=_usable_dir(cwd),
+            env=None,
+            commit=self.store.commit,
+            max_line_bytes=config.max_line_bytes,
+            kill_grace_s=config.kill_grace_s,
+        )
+        command = " ".join(config.agent_command)
+        try:
+            await self.tg.start(agent.run)
+        except OSError as exc:
+            raise AgentStartError(
+                f"cannot start the agent `{command}`: {exc}; check the command after `--`",
+                INTERNAL_ERROR,
+                {"kind": "agent_spawn_failed", "command": config.agent_command},
+            ) from None
+        try:
+            with anyio.fail_after(config.agent_start_timeout_s):
+                await agent.initialize(config.client_capabilities)
+                if self._auth_params is not None:
+                    await agent.call("authenticate", self._auth_params)
+        except TimeoutError:
+            agent.stop()
+            raise AgentStartError(
+                f"the agent `{command}` did not answer initialize within "
+                f"{config.agent_start_timeout_s} s; is it an ACP agent on stdio?",
+                INTERNAL_ERROR,
+                {"kind": "agent_start_timeout"},
+            ) from None
+        except AgentExited as exc:
+            raise AgentStartError(
+                f"the agent `{command}` failed to start: {exc}",
+                INTERNAL_ERROR,
+                {**exc.info.as_data(), "kind": "agent_start_failed"},
+            ) from None
+        except AgentError as exc:
+            agent.stop()
+            raise AgentStartError(
+                f"the agent `{command}` refused initialize: {exc}",
+                INTERNAL_ERROR,
+                {"kind": "agent_start_failed"},
+            ) from None
+        if self.agent_info is None:
+            self.agent_info = agent.initialize_result
+        return agent
+
+    async def acquire_agent(self, cwd: str) -> tuple[AgentProcess, SetupTimings]:
+        """A warm spare if one is ready (then a replacement is started), else a fresh agent."""
+        while self.spares:
+            agent = self.spares.pop(0)
+            if agent.alive:
+                self.tg.start_soon(self._add_spare)
+                return agent, SetupTimings("spare")
+        agent = await self.spawn_agent(cwd)
+        return agent, SetupTimings("cold", cli_ready_ms=agent.cli_ready_ms)
+
+    async def ensure_agent_info(self) -> dict[str, Any]:
+        """The agent command's ``initialize`` result, spawning a spare to learn it if needed."""
+        async with self._info_lock:
+            if self.agent_info is None:
+                self.spares.append(await self.spawn_agent(None))
+            assert self.agent_info is not None
+            return self.agent_info
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def new_client(self, stream: Any) -> ClientConnection:
+        """A connection was accepted."""
+        self._clients += 1
+        return ClientConnection(self, stream, self._clients)
+
+    async def handle(self, client: ClientConnection, msg: Message) -> None:
+        """Handle one request or notification from a client."""
+        if isinstance(msg, Notification):
+            self._handle_notification(client, msg)
+            return
+        assert isinstance(msg, Request)
+        handler = self._requests.get(msg.method)
+        if handler is None:
+            if msg.method.startswith("_"):
+                handler = self._session_forward
+            else:
+                client.send_error(
+                    msg.id,
+                    METHOD_NOT_FOUND,
+                    f"Method not found: {msg.method}",
+                    {"method": msg.method},
+                )
+                return
+        if msg.method in self._background and client.tg is not None:
+            client.tg.start_soon(self._guarded, handler, client, msg)
+        else:
+            await self._guarded(handler, client, msg)
+
+    async def _guarded(self, handler: Handler, client: ClientConnection, req: Request) -> None:
+        try:
+            await handler(client, req)
+        except ProtocolError as exc:
+            client.send_error(req.id, exc.code, exc.message, exc.data)
+
+    def _handle_notification(self, client: ClientConnection, msg: Notification) -> None:
+        if msg.method == "session/cancel":
+            session = self.sessions.get(self._session_id(msg.params) or "")
+            if session is not None:
+                session.cancel_turn()
+        elif msg.method == "$/cancel_request":
+            # Hop-scoped (acp-notes §7.4): the agent gets its own id, never the client's.
+            try:
+                target = _decoder.decode(msg.params).get("requestId")
+            except (msgspec.DecodeError, AttributeError):
+                return
+            entry = client.inflight.get(target)
+            if entry is not None and entry[0].alive:
+                entry[0].send_notification(
+                    "$/cancel_request", _encoder.encode({"requestId": entry[1]})
+                )
+        elif msg.method.startswith("_"):
+            session = self.sessions.get(self._session_id(msg.params) or "")
+            if session is not None and session.live:
+                assert session.agent is not None and session.upstream_id is not None
+                params = rewrite_members(object_members(msg.params), sessionId=session.upstream_id)
+                session.agent.send_notification(msg.method, params)
+        else:
+            client.log.debug("client.notification_ignored", method=msg.method)
+
+    @staticmethod
+    def _session_id(params: Raw) -> str | None:
+        try:
+            return get_str(object_members(params), "sessionId")
+        except ProtocolError:
+            return None
+
+    def _live_session(self, params: Raw) -> Session:
+        members = object_members(params)
+        sid = get_str(members, "sessionId")
+        if sid is None:
+            raise LocalProtocolError(
+                'Invalid params: "sessionId" (string) is required', INVALID_PARAMS
+            )
+        session = self.sessions.get(sid)
+        if session is None:
+            raise LocalProtocolError(
+                f"Resource not found: no session {sid}; create one with session/new",
+                RESOURCE_NOT_FOUND,
+                {"sessionId": sid},
+            )
+        if not session.live:
+            raise LocalProtocolError(
+                f"session {sid} has no live agent (it ended or was closed); load it again "
+                "once restoring is available",
+                RESOURCE_NOT_FOUND,
+                {"sessionId": sid, "kind": "session_not_live"},
+            )
+        return session
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    async def _initialize(self, client: ClientConnection, req: Request) -> None:
+        info = await self.ensure_agent_info()
+        caps = dict(info.get("agentCapabilities") or {})
+        agent_session_caps = caps.get("sessionCapabilities")
+        session_caps: dict[str, Any] = {
+            key: value
+            for key, value in (agent_session_caps or {}).items()
+            if key in _PASSTHROUGH_SESSION_CAPABILITIES
+        }
+        session_caps.update({key: {} for key in _PROXY_SESSION_CAPABILITIES})
+        caps["loadSession"] = True
+        caps["sessionCapabilities"] = session_caps
+        caps.pop("auth", None)  # logout is per agent process; not offered through the proxy
+        result: dict[str, Any] = {
+            "protocolVersion": info.get("protocolVersion", 1),
+            "agentCapabilities": caps,
+            "authMethods": info.get("authMethods", []),
+        }
+        if "agentInfo" in info:
+            result["agentInfo"] = info["agentInfo"]
+        result["_meta"] = {"acp-proxy": {"version": "0.1.0"}}
+        client.send_response(req.id, result)
+
+    async def _authenticate(self, client: ClientConnection, req: Request) -> None:
+        await self.ensure_agent_info()
+        agent = next((a for a in self.spares if a.alive), None) or await self.spawn_agent(None)
+        try:
+            result = await agent.call("authenticate", req.params)
+        except AgentError as exc:
+            client.send_error(req.id, exc.reply.code, exc.reply.message, raw=exc.reply.error)
+            return
+        # Every agent spawned from now on authenticates the same way.
+        self._auth_params = req.params
+        if agent not in self.spares:
+            self.spares.append(agent)
+        client.send_response(req.id, result)
+
+    async def _session_new(self, client: ClientConnection, req: Request) -> None:
+        members = object_members(req.params)
+        cwd = get_str(members, "cwd")
+        if cwd is None or not os.path.isabs(cwd):
+            raise LocalProtocolError(
+                'Invalid params: session/new needs "cwd", an absolute path', INVALID_PARAMS
+            )
+        received = time.monotonic()
+        agent, setup = await self.acquire_agent(cwd)
+        now = time.time()
+        record = SessionRecord(
+            id="sess_" + secrets.token_hex(16),  # 128 random bits, minted by the proxy
+            cwd=cwd,
+            agent_profile=self.config.agent_profile,
+            mcp_servers=bytes(members.get("mcpServers", b"[]")),
+            additional_directories=(
+                bytes(members["additionalDirectories"])
+                if "additionalDirectories" in members
+                else None
+            ),
+            created_at=now,
+            updated_at=now,
+        )
+        session = Session(self, record)
+        session.held = []  # early updates wait until the client has the session id
+        await self.store.commit([PutSession(record)])
+        agent.handler = session
+        session.agent = agent
+        started = time.monotonic()
+        try:
+            result = await agent.call("session/new", req.params)
+        except (AgentError, AgentExited) as exc:
+            await self.store.commit([DeleteSession(record.id)])
+            agent.handler = UNBOUND
+            if isinstance(exc, AgentError):
+                if agent.alive:
+                    self.spares.append(agent)
+                client.send_error(
+                    req.id, exc.reply.code, exc.reply.message, raw=exc.reply.error
+                )
+            else:
+                client.send_error(
+                    req.id, INTERNAL_ERROR, f"session/new failed: {exc}", exc.info.as_data()
+                )
+            return
+        upstream = result.get("sessionId")
+        if not isinstance(upstream, str):
+            agent.stop()
+            await self.store.commit([DeleteSession(record.id)])
+            raise LocalProtocolError(
+                "the agent answered session/new without a sessionId", INTERNAL_ERROR
+            )
+        setup.session_init_ms = (time.monotonic() - started) * 1000
+        session.upstream_id = upstream
+        session.setup = setup
+        ops: list[Any] = [UpdateSession(record.id, time.time(), upstream_session_id=upstream)]
+        if isinstance(result.get("modes"), dict):
+            session.record = msgspec.structs.replace(
+                session.record, modes=_encoder.encode(result["modes"])
+            )
+            ops.append(UpdateSession(record.id, time.time(), modes=session.record.modes))
+        if isinstance(result.get("configOptions"), list):
+            session.set_config_options(_encoder.encode(result["configOptions"]), ops)
+        await self.store.commit(ops)
+        self.sessions[record.id] = session
+        session.log.info(
+            "session.created",
+            upstream_session_id=upstream,
+            agent=setup.agent,
+            agent_pid=agent.pid,
+            cwd=cwd,
+            setup_ms=round((time.monotonic() - received) * 1000, 3),
+        )
+        result["sessionId"] = record.id
+        session.attach(client)
+        client.send_response(req.id, result)
+        session.release_held()
+
+    def _session_state(self, session: Session) -> dict[str, Raw]:
+        state: dict[str, Raw] = {}
+        if session.record.modes:
+            state["modes"] = Raw(session.record.modes)
+        if session.record.config_options:
+            state["configOptions"] = Raw(session.record.config_options)
+        return state
+
+    async def _session_load(self, client: ClientConnection, req: Request) -> None:
+        await self._attach(client, req, replay=True)
+
+    async def _session_resume(self, client: ClientConnection, req: Request) -> None:
+        await self._attach(client, req, replay=False)
+
+    async def _attach(self, client: ClientConnection, req: Request, *, replay: bool) -> None:
+        session = self._live_session(req.params)
+        cwd = get_str(object_members(req.params), "cwd")
+        if cwd is not None and cwd != session.record.cwd:
+            raise LocalProtocolError(
+                f"Invalid params: session {session.id} belongs to cwd {session.record.cwd!r}, "
+                f"not {cwd!r}; sessions are bound to their cwd",
+                INVALID_PARAMS,
+                {"sessionId": session.id, "cwd": session.record.cwd},
+            )
+        started = time.monotonic()
+        await session.replay_to(client, replay=replay)
+        client.send_response(req.id, _encoder.encode(self._session_state(session)))
+        session.release_held()
+        session.log.info(
+            "session.attached",
+            client=client.number,
+            replay=replay,
+            ms=round((time.monotonic() - started) * 1000, 3),
+        )
+
+    async def _session_prompt(self, client: ClientConnection, req: Request) -> None:
+        received = time.monotonic()
+        session = self._live_session(req.params)
+        if session.turn is not None:
+            raise LocalProtocolError(
+                f"session {session.id} is already running turn {session.turn.seq}; one prompt "
+                "at a time per session: wait for its response or send session/cancel",
+                SESSION_BUSY,
+                {"kind": "turn_in_progress", "sessionId": session.id, "turn": session.turn.seq},
+            )
+        ops = session.begin_turn(client, req, received)
+        try:
+            await self.store.commit(ops)
+        except BaseException:
+            session.turn = None
+            raise
+        if not session.live:  # the agent died while we were recording the prompt
+            session.turn = None
+            raise LocalProtocolError(
+                f"the agent of session {session.id} ended before the prompt could be sent",
+                INTERNAL_ERROR,
+                {"kind": "agent_exited", "sessionId": session.id},
+            )
+        session.forward_prompt(req)
+
+    async def _session_cancel_request(self, client: ClientConnection, req: Request) -> None:
+        # Some clients send session/cancel as a request (open-design): honour and answer it.
+        sid = self._session_id(req.params)
+        session = self.sessions.get(sid or "")
+        if session is not None:
+            session.cancel_turn()
+        client.send_response(req.id, b"{}")
+
+    async def _session_forward(
+        self,
+        client: ClientConnection,
+        req: Request,
+        on_success: Callable[[Session, Response, Batch], None] | None = None,
+    ) -> None:
+        if req.method.startswith("_") and self._session_id(req.params) is None:
+            raise LocalProtocolError(
+                f"Method not found: {req.method} (extension requests are routed to the agent "
+                'by params.sessionId, and this one has none)',
+                METHOD_NOT_FOUND,
+            )
+        session = self._live_session(req.params)
+        agent = session.agent
+        assert agent is not None and session.upstream_id is not None
+        params = rewrite_members(object_members(req.params), sessionId=session.upstream_id)
+
+        def on_reply(reply: Response | ErrorResponse, batch: Batch) -> None:
+            client.inflight.pop(req.id, None)
+            if isinstance(reply, Response):
+                if on_success is not None:
+                    on_success(session, reply, batch)
+                batch.deliveries.append(lambda: client.send_response(req.id, reply.result))
+            else:
+                batch.deliveries.append(
+                    lambda: client.send_error(req.id, reply.code, reply.message, raw=reply.error)
+                )
+
+        session.attach(client)
+        client.inflight[req.id] = (agent, agent.send_request(req.method, params, on_reply))
+
+    async def _session_set_mode(self, client: ClientConnection, req: Request) -> None:
+        mode_id = get_str(object_members(req.params), "modeId")
+
+        def remember(session: Session, reply: Response, batch: Batch) -> None:
+            if mode_id is not None:
+                session.set_current_mode(mode_id, batch.ops)
+
+        await self._session_forward(client, req, remember)
+
+    async def _session_set_config_option(self, client: ClientConnection, req: Request) -> None:
+        def remember(session: Session, reply: Response, batch: Batch) -> None:
+            try:
+                options = object_members(reply.result).get("configOptions")
+            except ProtocolError:
+                return
+            if options is not None:
+                session.set_config_options(bytes(options), batch.ops)
+
+        await self._session_forward(client, req, remember)
+
+    async def _session_list(self, client: ClientConnection, req: Request) -> None:
+        members = object_members(req.params)
+        records, next_cursor = await self.store.list_sessions(
+            cwd=get_str(members, "cwd"), cursor=get_str(members, "cursor")
+        )
+        sessions = []
+        for record in records:
+            item: dict[str, Any] = {
+                "sessionId": record.id,
+                "cwd": record.cwd,
+                "updatedAt": datetime.fromtimestamp(record.updated_at, UTC)
+                .isoformat(timespec="seconds")
+                .replace("+00:00", "Z"),
+            }
+            if record.title is not None:
+                item["title"] = record.title
+            if record.additional_directories:
+                item["additionalDirectories"] = Raw(record.additional_directories)
+            sessions.append(item)
+        result: dict[str, Any] = {"sessions": sessions}
+        if next_cursor is not None:
+            result["nextCursor"] = next_cursor
+        client.send_response(req.id, result)
+
+    async def _session_close(self, client: ClientConnection, req: Request) -> None:
+        sid = self._session_id(req.params)
+        if sid is None:
+            raise LocalProtocolError('Invalid params: "sessionId" is required', INVALID_PARAMS)
+        session = self.sessions.get(sid)
+        if session is None and await self.store.get_session(sid) is None:
+            raise LocalProtocolError(
+                f"Resource not found: no session {sid}", RESOURCE_NOT_FOUND, {"sessionId": sid}
+            )
+        if session is not None:
+            self._end_agent(session)
+        await self.store.commit([UpdateSession(sid, time.time(), state="closed")])
+        client.send_response(req.id, b"{}")
+
+    async def _session_delete(self, client: ClientConnection, req: Request) -> None:
+        sid = self._session_id(req.params)
+        if sid is None:
+            raise LocalProtocolError('Invalid params: "sessionId" is required', INVALID_PARAMS)
+        session = self.sessions.pop(sid, None)
+        if session is not None:
+            self._end_agent(session)
+        # Deleting an unknown session succeeds silently (session-delete.mdx).
+        await self.store.commit([DeleteSession(sid)])
+        client.send_response(req.id, b"{}")
+
+    def _end_agent(self, session: Session) -> None:
+        if session.turn is not None:
+            session.cancel_turn()
+        agent = session.agent
+        if agent is not None:
+            agent.stop()
+        self.log_session(session, "session.closed")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def on_client_closed(self, client: ClientConnection) -> None:
+        """A client went away: its sessions keep their agents; pending asks are answered."""
+        for session in list(client.sessions):
+            session.detach(client)
+        client.sessions.clear()
+        client.inflight.clear()
+
+    def log_session(self, session: Session, event: str) -> None:
+        """The canonical line per session."""
+        agent = session.agent
+        session.log.info(
+            event,
+            turns=session.turns_completed,
+            updates_recorded=session.updates_recorded,
+            events=session.last_seq,
+            agent_pid=agent.pid if agent else None,
+            live_s=round(time.monotonic() - session.created_mono, 3),
+        )
+
+    def shutdown(self) -> None:
+        """Stop every agent (spares included); log each session's line."""
+        for session in self.sessions.values():
+            self.log_session(session, "session.stopped")
+            if session.agent is not None:
+                session.agent.stop()
+        for agent in self.spares:
+            agent.stop()
+
+
+def _usable_dir(cwd: str | None) -> str | None:
+    """The session's cwd when it exists on this host (agents get it in ACP params anyway)."""
+    return cwd if cwd is not None and os.path.isdir(cwd) else None

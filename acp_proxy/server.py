@@ -1,0 +1,93 @@
+"""``acp-proxy serve``: the unix-socket listener and the process's life cycle."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import anyio
+from anyio.abc import SocketStream, TaskGroup
+
+from store import open_store
+
+from .config import Config
+from .logs import get_logger
+from .proxy import Proxy
+
+__all__ = ["SocketInUseError", "serve"]
+
+
+class SocketInUseError(Exception):
+    """Another process already accepts connections on the socket path."""
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a dead proxy; refuse if a live one answers."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_socket():
+        raise SocketInUseError(f"{path} exists and is not a socket; choose another --socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise SocketInUseError(f"another process is already listening on {path}")
+
+
+async def _watch_signals(tg: TaskGroup, log: object) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("serve.signal", signal=signal.Signals(signum).name)  # type: ignore[attr-defined]
+            tg.cancel_scope.cancel()
+            return
+
+
+async def serve(config: Config) -> None:
+    """Run the proxy until SIGINT/SIGTERM: agents are terminated and the store closed."""
+    log = get_logger(component="serve")
+    started = time.monotonic()
+    path = Path(config.socket)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale_socket(path)
+    async with open_store(config.db) as store:
+        listener = await anyio.create_unix_listener(path, mode=config.socket_mode)
+        try:
+            async with listener, anyio.create_task_group() as tg:
+                proxy = Proxy(config, store, tg)
+                tg.start_soon(_watch_signals, tg, log)
+
+                async def handle(stream: SocketStream) -> None:
+                    try:
+                        await proxy.new_client(stream).run()
+                    except Exception:
+                        # A bug met by one connection ends that connection, not the proxy
+                        # and the other conversations.
+                        log.exception("client.crashed")
+
+                tg.start_soon(listener.serve, handle, tg)
+                proxy.start_spares()
+                log.info(
+                    "ready",
+                    socket=str(path),
+                    db=str(config.db),
+                    agent_command=config.agent_command,
+                    pid=os.getpid(),
+                    startup_ms=round((time.monotonic() - started) * 1000, 3),
+                )
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    proxy.shutdown()
+        finally:
+            path.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink at shutdown)
+    log.info("serve.stopped", uptime_s=round(time.monotonic() - started, 3))

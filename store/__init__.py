@@ -1,0 +1,53 @@
+"""Session store: every conversation's sessions, turns and raw event stream.
+
+Open the SQLite implementation with `open_store`; code that only needs the interface
+should depend on `SessionStore`.
+"""
+
+from __future__ import annotations
+
+from ._records import (
+    SESSION_STATES,
+    TURN_OUTCOMES,
+    UNSET,
+    AppendEvent,
+    DeleteSession,
+    FinishTurn,
+    PutSession,
+    SchemaVersionError,
+    SessionRecord,
+    SessionStore,
+    StartTurn,
+    StoreError,
+    TurnRecord,
+    UnsetType,
+    UpdateSession,
+    WriteOp,
+)
+from ._schema import MIGRATIONS, SCHEMA_VERSION
+from ._sqlite import QUEUE_SIZE, SqliteStore, StoreStatistics, open_store
+
+__all__ = [
+    "MIGRATIONS",
+    "QUEUE_SIZE",
+    "SCHEMA_VERSION",
+    "SESSION_STATES",
+    "TURN_OUTCOMES",
+    "UNSET",
+    "AppendEvent",
+    "DeleteSession",
+    "FinishTurn",
+    "PutSession",
+    "SchemaVersionError",
+    "SessionRecord",
+    "SessionStore",
+    "SqliteStore",
+    "StartTurn",
+    "StoreError",
+    "StoreStatistics",
+    "TurnRecord",
+    "UnsetType",
+    "UpdateSession",
+    "WriteOp",
+    "open_store",
+]

@@ -1,0 +1,226 @@
+"""Record types, write operations and the backend-neutral store interface.
+
+Every JSON-carrying field holds the raw JSON bytes exactly as they crossed the wire
+(for example ``bytes(msgspec.Raw)``): the store never decodes them, so unknown fields,
+unknown update kinds and ``_meta`` survive a round trip byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+__all__ = [
+    "SESSION_STATES",
+    "TURN_OUTCOMES",
+    "UNSET",
+    "AppendEvent",
+    "DeleteSession",
+    "FinishTurn",
+    "PutSession",
+    "SchemaVersionError",
+    "SessionRecord",
+    "SessionStore",
+    "StartTurn",
+    "StoreError",
+    "TurnRecord",
+    "UnsetType",
+    "UpdateSession",
+    "WriteOp",
+]
+
+SESSION_STATES: tuple[str, ...] = ("active", "closed")
+"""Allowed values of `SessionRecord.state`."""
+
+TURN_OUTCOMES: tuple[str, ...] = ("running", "completed", "cancelled", "error", "unknown")
+"""Allowed values of `TurnRecord.outcome` (``unknown``: the agent died mid-turn)."""
+
+
+class StoreError(Exception):
+    """A store operation failed; the message says which one and why."""
+
+
+class SchemaVersionError(StoreError):
+    """The database was written by a newer acp-proxy than this one."""
+
+
+class SessionRecord(msgspec.Struct, frozen=True):
+    """One conversation as the proxy knows it.
+
+    Attributes:
+        id: The proxy's session id (the one clients see).
+        cwd: Working directory the session was created with.
+        agent_profile: Name of the agent profile serving this session.
+        mcp_servers: Raw JSON array of the MCP servers passed at session creation.
+        additional_directories: Raw JSON array of extra directories, if any.
+        upstream_session_id: The agent's own session id, once known.
+        modes: Raw JSON of the ACP ``modes`` state.
+        config_options: Raw JSON array of the ACP config options.
+        title: Human-readable title, if any.
+        created_at: Creation time, seconds since the epoch.
+        updated_at: Last change, seconds since the epoch (orders `list_sessions`).
+        state: ``"active"`` or ``"closed"``.
+    """
+
+    id: str
+    cwd: str
+    agent_profile: str = "default"
+    mcp_servers: bytes = b"[]"
+    additional_directories: bytes | None = None
+    upstream_session_id: str | None = None
+    modes: bytes | None = None
+    config_options: bytes | None = None
+    title: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    state: str = "active"
+
+
+class TurnRecord(msgspec.Struct, frozen=True):
+    """One prompt turn of a session.
+
+    Attributes:
+        session_id: Session the turn belongs to.
+        seq: Turn number within the session, starting at 1.
+        started_at: Start time, seconds since the epoch.
+        ended_at: End time, or None while running.
+        prompt: Raw JSON of the prompt content-block array.
+        stop_reason: The agent's ``stopReason``, if it answered.
+        outcome: One of `TURN_OUTCOMES`.
+        timings: Raw JSON object of timing measurements.
+        usage: Raw JSON of the token usage the agent reported.
+        restore_path: Where a restore point for this turn lives, if any.
+    """
+
+    session_id: str
+    seq: int
+    started_at: float
+    ended_at: float | None
+    prompt: bytes
+    stop_reason: str | None
+    outcome: str
+    timings: bytes | None
+    usage: bytes | None
+    restore_path: str | None
+
+
+class PutSession(msgspec.Struct, frozen=True):
+    """Insert a session, or replace every column of an existing one.
+
+    Replacing keeps the session's turns and events.
+    """
+
+    record: SessionRecord
+
+
+class UpdateSession(msgspec.Struct, frozen=True):
+    """Change some columns of an existing session; `UNSET` fields stay as they are.
+
+    ``None`` clears a nullable column. Updating a session that does not exist does nothing.
+    """
+
+    session_id: str
+    updated_at: float
+    upstream_session_id: str | UnsetType | None = UNSET
+    modes: bytes | UnsetType | None = UNSET
+    config_options: bytes | UnsetType | None = UNSET
+    title: str | UnsetType | None = UNSET
+    state: str | UnsetType = UNSET
+    additional_directories: bytes | UnsetType | None = UNSET
+    mcp_servers: bytes | UnsetType = UNSET
+
+
+class AppendEvent(msgspec.Struct, frozen=True):
+    """Record one ``session/update`` notification.
+
+    Attributes:
+        session_id: Session the event belongs to (must exist).
+        seq: Event number within the session, strictly increasing, starting at 1.
+        turn: Turn number the event belongs to, 0 for events outside a turn.
+        kind: The ``sessionUpdate`` discriminator, ``""`` when unknown.
+        payload: Raw JSON of the ``session/update`` params exactly as forwarded.
+    """
+
+    session_id: str
+    seq: int
+    turn: int
+    kind: str
+    payload: bytes
+
+
+class StartTurn(msgspec.Struct, frozen=True):
+    """Insert a new turn with outcome ``"running"``; fails if the turn exists."""
+
+    session_id: str
+    seq: int
+    started_at: float
+    prompt: bytes
+
+
+class FinishTurn(msgspec.Struct, frozen=True):
+    """Record how a turn ended. Finishing a turn that does not exist does nothing."""
+
+    session_id: str
+    seq: int
+    ended_at: float
+    stop_reason: str | None
+    outcome: str
+    timings: bytes | None
+    usage: bytes | None
+    restore_path: str | None = None
+
+
+class DeleteSession(msgspec.Struct, frozen=True):
+    """Remove a session with all its turns and events."""
+
+    session_id: str
+
+
+WriteOp = PutSession | UpdateSession | AppendEvent | StartTurn | FinishTurn | DeleteSession
+"""Any operation accepted by `SessionStore.commit`."""
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """What the proxy needs from a session store (SQLite now, maybe PostgreSQL later)."""
+
+    async def commit(self, ops: Sequence[WriteOp]) -> None:
+        """Apply ``ops`` atomically, in order; return once they are durably committed.
+
+        Raises:
+            StoreError: The ops were not committed.
+        """
+        ...
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """Return the session, or None if it does not exist."""
+        ...
+
+    async def list_sessions(
+        self, *, cwd: str | None = None, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[SessionRecord], str | None]:
+        """Return one page of sessions (newest ``updated_at`` first) and the next cursor."""
+        ...
+
+    async def event_payloads(self, session_id: str, *, upto_seq: int | None = None) -> list[bytes]:
+        """Return the raw event payloads of a session in ``seq`` order."""
+        ...
+
+    async def last_event_seq(self, session_id: str) -> int:
+        """Return the highest event ``seq`` of a session, 0 if it has none."""
+        ...
+
+    async def turns(self, session_id: str) -> list[TurnRecord]:
+        """Return the turns of a session in ``seq`` order."""
+        ...
+
+    async def last_turn_seq(self, session_id: str) -> int:
+        """Return the highest turn ``seq`` of a session, 0 if it has none."""
+        ...
+
+    async def count_sessions(self) -> int:
+        """Return the number of stored sessions."""
+        ...

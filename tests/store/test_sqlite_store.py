@@ -1,0 +1,543 @@
+"""Tests of the SQLite session store, on real database files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+import store
+from store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    UNSET,
+    AppendEvent,
+    DeleteSession,
+    FinishTurn,
+    PutSession,
+    SchemaVersionError,
+    SessionRecord,
+    SessionStore,
+    SqliteStore,
+    StartTurn,
+    StoreError,
+    TurnRecord,
+    UpdateSession,
+    open_store,
+)
+
+pytestmark = pytest.mark.anyio
+
+REPO_ROOT = Path(store.__file__).resolve().parent.parent
+
+
+def session(session_id: str, *, cwd: str = "/work", updated_at: float = 1.0) -> SessionRecord:
+    """A session record with every column set."""
+    return SessionRecord(
+        id=session_id,
+        cwd=cwd,
+        agent_profile="opencode",
+        mcp_servers=b'[{"name":"fs","command":"mcp-fs","args":[],"env":[]}]',
+        additional_directories=b'["/extra"]',
+        upstream_session_id=f"up-{session_id}",
+        modes=b'{"currentModeId":"code","availableModes":[]}',
+        config_options=b"[]",
+        title=f"Title {session_id}",
+        created_at=0.5,
+        updated_at=updated_at,
+        state="active",
+    )
+
+
+def event(session_id: str, seq: int, *, turn: int = 1, text: str = "hi") -> AppendEvent:
+    """An agent_message_chunk event."""
+    update = {"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": text}}
+    payload = json.dumps({"sessionId": session_id, "update": update}).encode()
+    return AppendEvent(session_id, seq, turn, "agent_message_chunk", payload)
+
+
+def sql_scalar(path: Path, sql: str) -> object:
+    """Run one query on a fresh plain sqlite3 connection."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+async def test_schema_created(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "store.db"
+    async with open_store(path) as db:
+        assert isinstance(db, SqliteStore)
+        assert isinstance(db, SessionStore)
+        assert await db.count_sessions() == 0
+    assert sql_scalar(path, "PRAGMA user_version") == SCHEMA_VERSION == len(MIGRATIONS)
+    assert sql_scalar(path, "PRAGMA journal_mode") == "wal"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"sessions", "turns", "events", "sessions_by_updated_at", "sessions_by_cwd"} <= tables
+
+
+async def test_reopen_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with open_store(path) as db:
+        await db.commit([PutSession(session("s1")), event("s1", 1)])
+    async with open_store(path) as db:
+        assert await db.get_session("s1") == session("s1")
+        assert await db.event_payloads("s1") == [event("s1", 1).payload]
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    message = (
+        f"database schema version {SCHEMA_VERSION + 1} is newer than this acp-proxy "
+        f"supports \\({SCHEMA_VERSION}\\); upgrade acp-proxy"
+    )
+    with pytest.raises(SchemaVersionError, match=message):
+        async with open_store(path):
+            pass
+    assert issubclass(SchemaVersionError, StoreError)
+    assert sql_scalar(path, "PRAGMA user_version") == SCHEMA_VERSION + 1
+
+
+async def test_migrates_from_first_released_schema(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript(MIGRATIONS[0])
+        conn.execute("PRAGMA user_version = 1")
+        # Only columns of schema version 1: this statement must stay valid forever.
+        conn.execute(
+            "INSERT INTO sessions (id, cwd, agent_profile, mcp_servers, created_at, updated_at,"
+            " state) VALUES ('old', '/w', 'default', '[]', 1.0, 2.0, 'closed')"
+        )
+        conn.execute(
+            "INSERT INTO events (session_id, seq, turn, kind, payload)"
+            " VALUES ('old', 1, 0, 'plan', X'7B7D')"
+        )
+        conn.commit()
+    async with open_store(path) as db:
+        record = await db.get_session("old")
+        assert record is not None
+        assert (record.cwd, record.created_at, record.updated_at, record.state) == (
+            "/w",
+            1.0,
+            2.0,
+            "closed",
+        )
+        assert await db.event_payloads("old") == [b"{}"]
+    assert sql_scalar(path, "PRAGMA user_version") == SCHEMA_VERSION
+
+
+async def test_put_get_update_session(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "store.db") as db:
+        assert await db.get_session("s1") is None
+        await db.commit([PutSession(session("s1"))])
+        assert await db.get_session("s1") == session("s1")
+
+        minimal = SessionRecord(id="s2", cwd="/w")
+        await db.commit([PutSession(minimal)])
+        assert await db.get_session("s2") == minimal
+
+        await db.commit(
+            [UpdateSession("s1", updated_at=9.0, title=None, modes=b'{"currentModeId":"ask"}')]
+        )
+        updated = await db.get_session("s1")
+        assert updated == SessionRecord(
+            **{
+                **{f: getattr(session("s1"), f) for f in SessionRecord.__struct_fields__},
+                "updated_at": 9.0,
+                "title": None,
+                "modes": b'{"currentModeId":"ask"}',
+            }
+        )
+
+        await db.commit(
+            [
+                UpdateSession(
+                    "s1",
+                    updated_at=10.0,
+                    upstream_session_id="up-2",
+                    config_options=None,
+                    state="closed",
+                    additional_directories=None,
+                    mcp_servers=b"[]",
+                )
+            ]
+        )
+        updated = await db.get_session("s1")
+        assert updated is not None
+        assert updated.modes == b'{"currentModeId":"ask"}'  # UNSET: untouched
+        assert (updated.upstream_session_id, updated.config_options, updated.state) == (
+            "up-2",
+            None,
+            "closed",
+        )
+        assert (updated.additional_directories, updated.mcp_servers, updated.updated_at) == (
+            None,
+            b"[]",
+            10.0,
+        )
+        assert UpdateSession("x", 1.0).title is UNSET
+
+        # Updating a missing session does nothing.
+        await db.commit([UpdateSession("missing", updated_at=1.0, title="t")])
+        assert await db.get_session("missing") is None
+
+
+async def test_put_session_replaces_row_but_keeps_history(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "store.db") as db:
+        await db.commit([PutSession(session("s1")), StartTurn("s1", 1, 1.0, b"[]"), event("s1", 1)])
+        replacement = SessionRecord(id="s1", cwd="/elsewhere", updated_at=5.0)
+        await db.commit([PutSession(replacement)])
+        assert await db.get_session("s1") == replacement
+        assert await db.last_event_seq("s1") == 1
+        assert await db.last_turn_seq("s1") == 1
+
+
+async def test_events_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    odd = (
+        '{"sessionId":"s1","update":{"sessionUpdate":"future_kind","x":"Grüße ✓ 漢字 \\u0000"},'
+        '"_meta":{"vendor.example/trace":{"id":"abc","n":[1,2.50,3e10]}}}'
+    ).encode()
+    async with open_store(path) as db:
+        assert await db.event_payloads("s1") == []
+        assert await db.last_event_seq("s1") == 0
+        await db.commit([PutSession(session("s1")), PutSession(session("s2"))])
+        await db.commit([AppendEvent("s1", 1, 0, "", odd), event("s1", 2), event("s2", 1)])
+        await db.commit([event("s1", seq, text=f"t{seq}") for seq in range(3, 11)])
+
+        payloads = await db.event_payloads("s1")
+        assert payloads[0] == odd
+        assert all(isinstance(p, bytes) for p in payloads)
+        assert payloads[1:] == [event("s1", 2).payload] + [
+            event("s1", seq, text=f"t{seq}").payload for seq in range(3, 11)
+        ]
+        assert await db.event_payloads("s1", upto_seq=4) == payloads[:4]
+        assert await db.event_payloads("s1", upto_seq=0) == []
+        assert await db.event_payloads("s2") == [event("s2", 1).payload]
+        assert await db.last_event_seq("s1") == 10
+        assert await db.last_event_seq("s2") == 1
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute(
+            "SELECT seq, turn, kind, typeof(payload) FROM events WHERE session_id = 's1'"
+            " ORDER BY seq LIMIT 2"
+        ).fetchall()
+    assert rows == [(1, 0, "", "blob"), (2, 1, "agent_message_chunk", "blob")]
+
+
+async def test_event_for_unknown_session_fails(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "store.db") as db:
+        with pytest.raises(StoreError, match=r"AppendEvent.*FOREIGN KEY"):
+            await db.commit([event("ghost", 1)])
+
+
+async def test_turns_round_trip(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "store.db") as db:
+        await db.commit([PutSession(session("s1"))])
+        assert await db.turns("s1") == []
+        assert await db.last_turn_seq("s1") == 0
+        prompt = b'[{"type":"text","text":"fix the bug \xc3\xa9"}]'
+        await db.commit([StartTurn("s1", 1, 100.0, prompt)])
+        assert await db.turns("s1") == [
+            TurnRecord("s1", 1, 100.0, None, prompt, None, "running", None, None, None)
+        ]
+        await db.commit(
+            [
+                FinishTurn(
+                    "s1",
+                    1,
+                    ended_at=105.5,
+                    stop_reason="end_turn",
+                    outcome="completed",
+                    timings=b'{"firstTokenMs":120}',
+                    usage=b'{"inputTokens":10}',
+                    restore_path="/restore/1",
+                ),
+                StartTurn("s1", 2, 200.0, b"[]"),
+                FinishTurn("s1", 2, 201.0, None, "unknown", None, None),
+            ]
+        )
+        assert await db.turns("s1") == [
+            TurnRecord(
+                "s1",
+                1,
+                100.0,
+                105.5,
+                prompt,
+                "end_turn",
+                "completed",
+                b'{"firstTokenMs":120}',
+                b'{"inputTokens":10}',
+                "/restore/1",
+            ),
+            TurnRecord("s1", 2, 200.0, 201.0, b"[]", None, "unknown", None, None, None),
+        ]
+        assert await db.last_turn_seq("s1") == 2
+
+
+async def test_delete_session_removes_everything(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with open_store(path) as db:
+        await db.commit([PutSession(session("s1")), PutSession(session("s2"))])
+        await db.commit(
+            [StartTurn("s1", 1, 1.0, b"[]"), event("s1", 1), event("s1", 2), event("s2", 1)]
+        )
+        await db.commit([StartTurn("s2", 1, 1.0, b"[]")])
+        await db.commit([DeleteSession("s1")])
+        assert await db.get_session("s1") is None
+        assert await db.event_payloads("s1") == []
+        assert await db.turns("s1") == []
+        assert await db.count_sessions() == 1
+        assert await db.event_payloads("s2") == [event("s2", 1).payload]
+        assert len(await db.turns("s2")) == 1
+    assert sql_scalar(path, "SELECT count(*) FROM events WHERE session_id = 's1'") == 0
+    assert sql_scalar(path, "SELECT count(*) FROM turns WHERE session_id = 's1'") == 0
+
+
+async def test_list_sessions_pagination_and_cwd(tmp_path: Path) -> None:
+    records = [
+        session("a", cwd="/p", updated_at=5.0),
+        session("b", cwd="/q", updated_at=5.0),
+        session("c", cwd="/p", updated_at=5.0),
+        session("d", cwd="/p", updated_at=7.25),
+        session("e", cwd="/q", updated_at=1.0),
+        session("f", cwd="/p", updated_at=3.0),
+        session("g", cwd="/p", updated_at=0.1),
+    ]
+    expected = sorted(records, key=lambda r: (-r.updated_at, r.id))
+    async with open_store(tmp_path / "store.db") as db:
+        await db.commit([PutSession(r) for r in records])
+        assert await db.count_sessions() == 7
+
+        page, cursor = await db.list_sessions()
+        assert (page, cursor) == (expected, None)
+
+        seen: list[SessionRecord] = []
+        cursor = None
+        pages = 0
+        while True:
+            page, cursor = await db.list_sessions(cursor=cursor, limit=3)
+            seen += page
+            pages += 1
+            if cursor is None:
+                break
+            assert isinstance(cursor, str)
+        assert seen == expected
+        assert pages == 3
+
+        in_p = [r for r in expected if r.cwd == "/p"]
+        assert [r.id for r in in_p] == ["d", "a", "c", "f", "g"]
+        first, cursor = await db.list_sessions(cwd="/p", limit=3)
+        assert first == in_p[:3]
+        assert cursor is not None
+        rest, cursor = await db.list_sessions(cwd="/p", cursor=cursor, limit=3)
+        assert (rest, cursor) == (in_p[3:], None)
+
+        exact, cursor = await db.list_sessions(cwd="/q", limit=2)
+        assert ([r.id for r in exact], cursor) == (["b", "e"], None)
+        assert await db.list_sessions(cwd="/nowhere") == ([], None)
+
+        with pytest.raises(ValueError, match="cursor"):
+            await db.list_sessions(cursor="!!not a cursor!!")
+        with pytest.raises(ValueError, match="limit"):
+            await db.list_sessions(limit=0)
+
+
+async def test_group_commit(tmp_path: Path) -> None:
+    calls = 100
+    async with open_store(tmp_path / "store.db") as db:
+        await db.commit([PutSession(session(f"s{i}")) for i in range(calls)])
+        before = db.statistics()
+        returned: list[int] = []
+
+        async def writer(i: int) -> None:
+            await db.commit([event(f"s{i}", seq) for seq in range(1, 6)])
+            returned.append(i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(calls):
+                tg.start_soon(writer, i)
+
+        assert sorted(returned) == list(range(calls))
+        stats = db.statistics()
+        assert stats.batches_committed - before.batches_committed == calls
+        assert stats.ops_committed - before.ops_committed == calls * 5
+        assert 1 <= stats.transactions - before.transactions < calls
+        assert stats.batches_failed == 0
+        for i in range(calls):
+            assert await db.last_event_seq(f"s{i}") == 5
+
+
+async def test_commit_order_is_preserved(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "store.db") as db:
+        await db.commit([PutSession(session("s1"))])
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(db.commit, [UpdateSession("s1", updated_at=float(i), title=str(i))])
+        record = await db.get_session("s1")
+        assert record is not None
+        assert record.title == str(int(record.updated_at))
+        # Sequential calls: the last one wins.
+        for i in range(3):
+            await db.commit([UpdateSession("s1", updated_at=100.0 + i, title=f"x{i}")])
+        record = await db.get_session("s1")
+        assert record is not None
+        assert record.title == "x2"
+
+
+async def test_committed_data_is_visible_to_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with open_store(path) as db:
+        await db.commit([PutSession(session("s1"))])
+        await db.commit([event("s1", seq) for seq in range(1, 101)])
+        # Store still open: a plain connection in this process ...
+        assert sql_scalar(path, "SELECT count(*) FROM events") == 100
+        # ... and another process see the committed rows.
+        code = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+            "print(c.execute('SELECT count(*) FROM events').fetchone()[0]); c.close()"
+        )
+        result = await anyio.run_process([sys.executable, "-c", code, str(path)])
+        assert result.stdout.strip() == b"100"
+        await db.commit([event("s1", 101)])
+        result = await anyio.run_process([sys.executable, "-c", code, str(path)])
+        assert result.stdout.strip() == b"101"
+
+
+_KILLED_WRITER = """
+import sys, anyio
+from store import AppendEvent, PutSession, SessionRecord, open_store
+
+async def main() -> None:
+    async with open_store(sys.argv[1]) as db:
+        await db.commit([PutSession(SessionRecord(id="s1", cwd="/w"))])
+        for batch in range(10):
+            await db.commit(
+                [AppendEvent("s1", batch * 50 + i, 1, "k", b"{}") for i in range(1, 51)]
+            )
+        print("committed", flush=True)
+        await anyio.sleep(3600)
+
+anyio.run(main)
+"""
+
+
+async def test_commit_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-c", _KILLED_WRITER, str(path)]
+    async with await anyio.open_process(command, env=env) as process:
+        assert process.stdout is not None
+        with anyio.fail_after(30):
+            line = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 100)
+        assert line == b"committed"
+        process.kill()
+        await process.wait()
+    assert sql_scalar(path, "SELECT count(*) FROM events") == 500
+    assert sql_scalar(path, "SELECT count(*) FROM sessions") == 1
+
+
+async def test_failed_commit_raises_and_store_keeps_working(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "store.db") as db:
+        await db.commit([PutSession(session("s1")), StartTurn("s1", 1, 1.0, b"[]")])
+        with pytest.raises(StoreError, match=r"StartTurn of session 's1' seq 1 failed.*UNIQUE"):
+            await db.commit([event("s1", 1), StartTurn("s1", 1, 2.0, b"[]")])
+        # The batch is atomic: its event was rolled back with it.
+        assert await db.event_payloads("s1") == []
+        assert db.statistics().batches_failed == 1
+
+        # A failing batch does not take down batches committed in the same group.
+        results: dict[str, BaseException | None] = {}
+
+        async def attempt(name: str, ops: list[store.WriteOp]) -> None:
+            try:
+                await db.commit(ops)
+            except StoreError as exc:
+                results[name] = exc
+            else:
+                results[name] = None
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(attempt, "good1", [event("s1", 1)])
+            tg.start_soon(attempt, "bad", [event("s1", 2), event("s1", 1)])
+            tg.start_soon(attempt, "good2", [event("s1", 2)])
+        assert results["good1"] is None
+        assert results["good2"] is None
+        assert isinstance(results["bad"], StoreError)
+        assert "AppendEvent" in str(results["bad"])
+
+        with pytest.raises(StoreError, match="not a store write op"):
+            await db.commit([object()])  # type: ignore[list-item]
+
+        await db.commit([event("s1", 3)])
+        assert await db.last_event_seq("s1") == 3
+        assert await db.turns("s1") == [
+            TurnRecord("s1", 1, 1.0, None, b"[]", None, "running", None, None, None)
+        ]
+
+
+async def test_commit_after_close_fails(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "store.db") as db:
+        await db.commit([])  # nothing to do
+    with pytest.raises(StoreError, match="closed"):
+        await db.commit([PutSession(session("s1"))])
+
+
+async def test_close_while_cancelled(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with anyio.CancelScope() as scope:
+        async with open_store(path) as db:
+            await db.commit([PutSession(session("s1"))])
+            scope.cancel()
+            await anyio.sleep(10)
+    assert scope.cancelled_caught
+    async with open_store(path) as db:
+        assert await db.count_sessions() == 1
+
+
+async def test_bulk_append_from_concurrent_callers(tmp_path: Path) -> None:
+    """100 000 events from 200 concurrent callers all land, in order, byte for byte.
+
+    (Speed is measured in bench/, never asserted here.)
+    """
+    async with open_store(tmp_path / "store.db") as db:
+        await db.commit([PutSession(session("s1"))])
+        payload = b'{"sessionId":"s1","update":{"sessionUpdate":"agent_message_chunk",' + (
+            b'"content":{"type":"text","text":"' + b"x" * 200 + b'"}}}'
+        )
+
+        async def send_batch(batch: int) -> None:
+            await db.commit(
+                [AppendEvent("s1", batch * 500 + i, 1, "k", payload) for i in range(1, 501)]
+            )
+
+        async with anyio.create_task_group() as tg:
+            for batch in range(200):
+                tg.start_soon(send_batch, batch)
+        assert await db.last_event_seq("s1") == 100_000
+        assert db.statistics().transactions < 200
+        payloads = await db.event_payloads("s1", upto_seq=10_000)
+        assert len(payloads) == 10_000
+        assert payloads[0] == payload
+
+
+async def test_body_exception_propagates_unwrapped(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+
+    async def fail_inside() -> None:
+        async with open_store(path) as db:
+            await db.commit([PutSession(session("s1"))])
+            raise LookupError("from the body")
+
+    with pytest.raises(LookupError, match="from the body") as info:
+        await fail_inside()
+    assert type(info.value) is LookupError
+    async with open_store(path) as db:
+        assert await db.count_sessions() == 1
