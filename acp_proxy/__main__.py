@@ -27,23 +27,40 @@ def _parser() -> argparse.ArgumentParser:
         help="listen on a unix socket and serve ACP clients",
         usage="acp-proxy serve --socket PATH --db PATH [--config FILE] -- AGENT_COMMAND [ARGS...]",
     )
-    serve.add_argument("--socket", default=os.environ.get("ACP_PROXY_SOCKET"),
-                       help="unix socket path (default: $ACP_PROXY_SOCKET)")
-    serve.add_argument("--db", default=os.environ.get("ACP_PROXY_DB"),
-                       help="SQLite database path (default: $ACP_PROXY_DB)")
+    serve.add_argument(
+        "--socket",
+        default=os.environ.get("ACP_PROXY_SOCKET"),
+        help="unix socket path (default: $ACP_PROXY_SOCKET)",
+    )
+    serve.add_argument(
+        "--db",
+        default=os.environ.get("ACP_PROXY_DB"),
+        help="SQLite database path (default: $ACP_PROXY_DB)",
+    )
     serve.add_argument("--config", help="TOML config file (keys as in config.example.toml)")
     serve.add_argument("--warm-spares", type=int, help="agents kept spawned ahead of session/new")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("agent", nargs=argparse.REMAINDER, help="-- AGENT_COMMAND [ARGS...]")
+    demo = sub.add_parser(
+        "demo", help="run the proxy end to end on its embedded defaults (SQLite + fake agent)"
+    )
+    demo.add_argument("--dir", help="keep the socket, database and logs here (default: temp)")
     attach = sub.add_parser("attach", help="bridge stdio to a running proxy's socket")
-    attach.add_argument("--socket", default=os.environ.get("ACP_PROXY_SOCKET"),
-                        help="unix socket path (default: $ACP_PROXY_SOCKET)")
+    attach.add_argument(
+        "--socket",
+        default=os.environ.get("ACP_PROXY_SOCKET"),
+        help="unix socket path (default: $ACP_PROXY_SOCKET)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``acp-proxy`` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(args.dir)
     if args.command == "attach":
         configure_logging("warning")
         if not args.socket:

@@ -349,9 +349,7 @@ class Proxy:
             if isinstance(exc, AgentError):
                 if agent.alive:
                     self.spares.append(agent)
-                client.send_error(
-                    req.id, exc.reply.code, exc.reply.message, raw=exc.reply.error
-                )
+                client.send_error(req.id, exc.reply.code, exc.reply.message, raw=exc.reply.error)
             else:
                 client.send_error(
                     req.id, INTERNAL_ERROR, f"session/new failed: {exc}", exc.info.as_data()
@@ -467,7 +465,7 @@ class Proxy:
         if req.method.startswith("_") and self._session_id(req.params) is None:
             raise LocalProtocolError(
                 f"Method not found: {req.method} (extension requests are routed to the agent "
-                'by params.sessionId, and this one has none)',
+                "by params.sessionId, and this one has none)",
                 METHOD_NOT_FOUND,
             )
         session = self._live_session(req.params)

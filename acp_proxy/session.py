@@ -369,9 +369,7 @@ class Session:
         held, self.held = self.held, None
         skip, self.held_skip_upto = self.held_skip_upto, 0
         if held and self.client is not None:
-            self.client.send_nowait(
-                b"".join(line for seq, line in held if seq == 0 or seq > skip)
-            )
+            self.client.send_nowait(b"".join(line for seq, line in held if seq == 0 or seq > skip))
 
     # -- turns -------------------------------------------------------------------------------
 
@@ -391,7 +389,7 @@ class Session:
             blocks = None
         if prompt is None or blocks is None:
             raise LocalProtocolError(
-                "Invalid params: session/prompt needs a \"prompt\" array of content blocks",
+                'Invalid params: session/prompt needs a "prompt" array of content blocks',
                 INVALID_PARAMS,
             )
         self.attach(client)

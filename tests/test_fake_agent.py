@@ -26,14 +26,19 @@ class FakeAgentProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "acp_proxy.testing.fake_agent", *args],
-            cwd=REPO, env={**os.environ, **(env or {})},
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         self.lines: queue.Queue[bytes | None] = queue.Queue()
         self.stderr: list[bytes] = []
         self.next_id = 100
-        self.threads = [threading.Thread(target=self._pump_stdout, daemon=True),
-                        threading.Thread(target=self._pump_stderr, daemon=True)]
+        self.threads = [
+            threading.Thread(target=self._pump_stdout, daemon=True),
+            threading.Thread(target=self._pump_stderr, daemon=True),
+        ]
         for thread in self.threads:
             thread.start()
 
@@ -157,11 +162,14 @@ def test_new_and_prompt_sequence_and_continuity() -> None:
         assert sid.startswith("fake_")
         assert len(sid) == 5 + 16
         before, response = agent.until_response(
-            agent.request("session/prompt", text_prompt(sid, "hello there")))
+            agent.request("session/prompt", text_prompt(sid, "hello there"))
+        )
         kinds = [(u["sessionUpdate"], u.get("status")) for u in updates(before)]
         assert kinds == [
-            ("agent_thought_chunk", None), ("tool_call", "pending"),
-            ("tool_call_update", "in_progress"), ("tool_call_update", "completed"),
+            ("agent_thought_chunk", None),
+            ("tool_call", "pending"),
+            ("tool_call_update", "in_progress"),
+            ("tool_call_update", "completed"),
             *[("agent_message_chunk", None)] * 4,
         ]
         chunks = [u for u in updates(before) if u["sessionUpdate"].startswith("agent_")]
@@ -175,11 +183,11 @@ def test_new_and_prompt_sequence_and_continuity() -> None:
         usage = result["usage"]
         assert usage["totalTokens"] == usage["inputTokens"] + usage["outputTokens"] > 0
 
-        before, _ = agent.until_response(
-            agent.request("session/prompt", text_prompt(sid, "again")))
+        before, _ = agent.until_response(agent.request("session/prompt", text_prompt(sid, "again")))
         assert "[fake] turn 2; context holds 1 earlier turns;" in summary_of(before)
-        assert agent.call("_fake/state", {"sessionId": sid})["result"]["sessions"][sid][
-            "turns"] == 2
+        assert (
+            agent.call("_fake/state", {"sessionId": sid})["result"]["sessions"][sid]["turns"] == 2
+        )
 
 
 def test_permission_round_trip() -> None:
@@ -189,8 +197,9 @@ def test_permission_round_trip() -> None:
         ask = agent.until_request("session/request_permission")
         assert [o["optionId"] for o in ask["params"]["options"]] == ["once", "always", "reject"]
         assert ask["params"]["toolCall"]["status"] == "pending"
-        agent.send({"id": ask["id"],
-                    "result": {"outcome": {"outcome": "selected", "optionId": "once"}}})
+        agent.send(
+            {"id": ask["id"], "result": {"outcome": {"outcome": "selected", "optionId": "once"}}}
+        )
         before, response = agent.until_response(prompt_id)
         statuses = [u.get("status") for u in updates(before) if "toolCallId" in u]
         assert statuses == ["pending", "in_progress", "completed"]
@@ -199,11 +208,14 @@ def test_permission_round_trip() -> None:
 
         prompt_id = agent.request("session/prompt", text_prompt(sid, "again"))
         ask = agent.until_request("session/request_permission")
-        agent.send({"id": ask["id"],
-                    "result": {"outcome": {"outcome": "selected", "optionId": "reject"}}})
+        agent.send(
+            {"id": ask["id"], "result": {"outcome": {"outcome": "selected", "optionId": "reject"}}}
+        )
         before, _ = agent.until_response(prompt_id)
         assert [u.get("status") for u in updates(before) if "toolCallId" in u] == [
-            "pending", "failed"]
+            "pending",
+            "failed",
+        ]
         assert summary_of(before).endswith("; permission=selected:reject")
 
         prompt_id = agent.request("session/prompt", text_prompt(sid, "third"))
@@ -220,8 +232,9 @@ def test_cancel_while_waiting_for_permission_cancels_that_request() -> None:
         ask = agent.until_request("session/request_permission")
         agent.send({"method": "session/cancel", "params": {"sessionId": sid}})
         before, response = agent.until_response(prompt_id)
-        assert before == [{"jsonrpc": "2.0", "method": "$/cancel_request",
-                           "params": {"requestId": ask["id"]}}]
+        assert before == [
+            {"jsonrpc": "2.0", "method": "$/cancel_request", "params": {"requestId": ask["id"]}}
+        ]
         assert response["result"] == {"stopReason": "cancelled"}
 
 
@@ -276,7 +289,8 @@ def test_fake_directive_overrides_knobs() -> None:
         sid = agent.new_session()
         directive = 'fake:{"chunks":2,"thoughts":0,"tool_calls":0,"plan":true,"text":"abcdef"}'
         before, response = agent.until_response(
-            agent.request("session/prompt", text_prompt(sid, directive)))
+            agent.request("session/prompt", text_prompt(sid, directive))
+        )
         got = updates(before)
         assert [u["sessionUpdate"] for u in got] == ["plan"] + ["agent_message_chunk"] * 3
         assert len(got[0]["entries"]) == 2
@@ -293,21 +307,27 @@ def test_load_replays_history_across_processes(tmp_path: Path) -> None:
     with fake_agent("--state-dir", state_dir) as first:
         sid = first.new_session()
         before, _ = first.until_response(
-            first.request("session/prompt", text_prompt(sid, "remember me")))
+            first.request("session/prompt", text_prompt(sid, "remember me"))
+        )
         first_summary = summary_of(before)
         first_pid = first.proc.pid
     with fake_agent("--state-dir", state_dir) as second:
         second.call("initialize", {"protocolVersion": 1})
-        unknown = second.call("session/load", {"sessionId": "fake_0000000000000000",
-                                               "cwd": "/tmp", "mcpServers": []})
+        unknown = second.call(
+            "session/load", {"sessionId": "fake_0000000000000000", "cwd": "/tmp", "mcpServers": []}
+        )
         assert unknown["error"]["code"] == -32002
         replay, response = second.until_response(
-            second.request("session/load", {"sessionId": sid, "cwd": "/tmp", "mcpServers": []}))
+            second.request("session/load", {"sessionId": sid, "cwd": "/tmp", "mcpServers": []})
+        )
         assert [(u["sessionUpdate"], u["content"]["text"]) for u in updates(replay)] == [
-            ("user_message_chunk", "remember me"), ("agent_message_chunk", first_summary)]
+            ("user_message_chunk", "remember me"),
+            ("agent_message_chunk", first_summary),
+        ]
         assert response["result"]["modes"]["currentModeId"] == "build"
         before, _ = second.until_response(
-            second.request("session/prompt", text_prompt(sid, "still there?")))
+            second.request("session/prompt", text_prompt(sid, "still there?"))
+        )
         summary = summary_of(before)
         assert "[fake] turn 2; context holds 1 earlier turns;" in summary
         assert f"pid={second.proc.pid};" in summary
@@ -315,7 +335,8 @@ def test_load_replays_history_across_processes(tmp_path: Path) -> None:
     with fake_agent("--state-dir", state_dir) as third:
         third.call("initialize", {"protocolVersion": 1})
         before, response = third.until_response(
-            third.request("session/resume", {"sessionId": sid, "cwd": "/tmp"}))
+            third.request("session/resume", {"sessionId": sid, "cwd": "/tmp"})
+        )
         assert before == []
         assert "configOptions" in response["result"]
 
@@ -348,7 +369,9 @@ def test_malformed_and_unknown() -> None:
         response = agent.call("no/such_method")
         assert response["error"]["code"] == -32601
         assert agent.call("session/prompt", text_prompt("nope", "x"))["error"]["code"] == -32002
-        assert agent.call("session/new", {"cwd": "relative", "mcpServers": []})["error"][
-            "code"] == -32602
+        assert (
+            agent.call("session/new", {"cwd": "relative", "mcpServers": []})["error"]["code"]
+            == -32602
+        )
         agent.proc.stdin.close()  # type: ignore[union-attr]
         assert agent.wait() == 0

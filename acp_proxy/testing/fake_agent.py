@@ -75,8 +75,10 @@ NOT_FOUND: Final = -32002
 LINE_LIMIT: Final = 64 * 1024 * 1024
 FILLER: Final = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
 MODES: Final = [{"id": "build", "name": "Build"}, {"id": "plan", "name": "Plan"}]
-MODELS: Final = [{"value": "fake/echo-1", "name": "Echo 1"},
-                  {"value": "fake/echo-2", "name": "Echo 2"}]
+MODELS: Final = [
+    {"value": "fake/echo-1", "name": "Echo 1"},
+    {"value": "fake/echo-2", "name": "Echo 2"},
+]
 PERMISSION_OPTIONS: Final = [
     {"optionId": "once", "name": "Allow once", "kind": "allow_once"},
     {"optionId": "always", "name": "Always allow", "kind": "allow_always"},
@@ -145,20 +147,34 @@ class Session:
     turn: Turn | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"sessionId": self.id, "cwd": self.cwd, "mode": self.mode, "model": self.model,
-                "turns": self.turns}
+        return {
+            "sessionId": self.id,
+            "cwd": self.cwd,
+            "mode": self.mode,
+            "model": self.model,
+            "turns": self.turns,
+        }
 
     def setup(self) -> dict[str, Any]:
         """The ``modes`` + ``configOptions`` part of new/load/resume responses."""
-        return {"modes": {"currentModeId": self.mode, "availableModes": MODES},
-                "configOptions": [{"id": "model", "name": "Model", "category": "model",
-                                   "type": "select", "currentValue": self.model,
-                                   "options": MODELS}]}
+        return {
+            "modes": {"currentModeId": self.mode, "availableModes": MODES},
+            "configOptions": [
+                {
+                    "id": "model",
+                    "name": "Model",
+                    "category": "model",
+                    "type": "select",
+                    "currentValue": self.model,
+                    "options": MODELS,
+                }
+            ],
+        }
 
 
 def _filler(offset: int, size: int) -> str:
     reps = (offset + size) // len(FILLER) + 2
-    return (FILLER * reps)[offset % len(FILLER):offset % len(FILLER) + size]
+    return (FILLER * reps)[offset % len(FILLER) : offset % len(FILLER) + size]
 
 
 def _tokens(text: str) -> int:
@@ -231,17 +247,24 @@ class Turn:
         if k.first_token_delay > 0:
             await asyncio.sleep(k.first_token_delay)
         if k.plan:
-            await self.emit({"sessionUpdate": "plan", "entries": [
-                {"content": "Read the files", "priority": "high", "status": "in_progress"},
-                {"content": "Write the answer", "priority": "medium", "status": "pending"}]})
+            await self.emit(
+                {
+                    "sessionUpdate": "plan",
+                    "entries": [
+                        {"content": "Read the files", "priority": "high", "status": "in_progress"},
+                        {"content": "Write the answer", "priority": "medium", "status": "pending"},
+                    ],
+                }
+            )
         for i in range(k.thoughts):
             thought = _filler(i * k.chunk_size, k.chunk_size)
             await self.emit(self._chunk("agent_thought_chunk", thought))
         for i in range(1, k.tool_calls + 1):
             await self._tool_call(i)
         if k.fs_read is not None:
-            reply = await self.call("fs/read_text_file",
-                                    {"sessionId": self.session.id, "path": k.fs_read})
+            reply = await self.call(
+                "fs/read_text_file", {"sessionId": self.session.id, "path": k.fs_read}
+            )
             if "error" in reply:
                 self.notes.append(f"fs=error:{(reply['error'] or {}).get('code')}")
             else:
@@ -249,7 +272,7 @@ class Turn:
                 self.notes.append(f"fs=ok:{str(content)[:20]}")
         if k.text is not None:
             n = max(1, min(k.chunks, len(k.text))) if k.text else 0
-            pieces = [k.text[len(k.text) * j // n:len(k.text) * (j + 1) // n] for j in range(n)]
+            pieces = [k.text[len(k.text) * j // n : len(k.text) * (j + 1) // n] for j in range(n)]
         else:
             pieces = [_filler(j * k.chunk_size, k.chunk_size) for j in range(k.chunks)]
         for piece in pieces:
@@ -263,10 +286,19 @@ class Turn:
         title = f"Read {path}"
         allowed = True
         if self.knobs.permission:
-            reply = await self.call("session/request_permission", {
-                "sessionId": self.session.id, "options": PERMISSION_OPTIONS,
-                "toolCall": {"toolCallId": call_id, "title": title, "kind": "read",
-                             "status": "pending"}})
+            reply = await self.call(
+                "session/request_permission",
+                {
+                    "sessionId": self.session.id,
+                    "options": PERMISSION_OPTIONS,
+                    "toolCall": {
+                        "toolCallId": call_id,
+                        "title": title,
+                        "kind": "read",
+                        "status": "pending",
+                    },
+                },
+            )
             outcome = (reply.get("result") or {}).get("outcome") or {}
             if "error" in reply:
                 note, allowed = f"error:{(reply['error'] or {}).get('code')}", False
@@ -278,26 +310,48 @@ class Turn:
             else:
                 note, allowed = "invalid", False
             self.notes.append(f"permission={note}")
-        await self.emit({"sessionUpdate": "tool_call", "toolCallId": call_id, "title": title,
-                         "kind": "read", "status": "pending", "locations": [{"path": path}],
-                         "rawInput": {"path": path}})
+        await self.emit(
+            {
+                "sessionUpdate": "tool_call",
+                "toolCallId": call_id,
+                "title": title,
+                "kind": "read",
+                "status": "pending",
+                "locations": [{"path": path}],
+                "rawInput": {"path": path},
+            }
+        )
         if not allowed:
-            await self.emit({"sessionUpdate": "tool_call_update", "toolCallId": call_id,
-                             "status": "failed",
-                             "content": [self._text_content("permission denied")]})
+            await self.emit(
+                {
+                    "sessionUpdate": "tool_call_update",
+                    "toolCallId": call_id,
+                    "status": "failed",
+                    "content": [self._text_content("permission denied")],
+                }
+            )
             return
-        await self.emit({"sessionUpdate": "tool_call_update", "toolCallId": call_id,
-                         "status": "in_progress"})
+        await self.emit(
+            {"sessionUpdate": "tool_call_update", "toolCallId": call_id, "status": "in_progress"}
+        )
         output = f"contents of {path}"
-        await self.emit({"sessionUpdate": "tool_call_update", "toolCallId": call_id,
-                         "status": "completed", "content": [self._text_content(output)],
-                         "rawOutput": {"output": output}})
+        await self.emit(
+            {
+                "sessionUpdate": "tool_call_update",
+                "toolCallId": call_id,
+                "status": "completed",
+                "content": [self._text_content(output)],
+                "rawOutput": {"output": output},
+            }
+        )
 
     def summary(self) -> str:
         s = self.session
-        text = (f"[fake] turn {self.number}; context holds {len(s.turns)} earlier turns; "
-                f"mode={s.mode}; model={s.model}; pid={os.getpid()}; "
-                f"last user message: {self.user_text[:200]}")
+        text = (
+            f"[fake] turn {self.number}; context holds {len(s.turns)} earlier turns; "
+            f"mode={s.mode}; model={s.model}; pid={os.getpid()}; "
+            f"last user message: {self.user_text[:200]}"
+        )
         perms = [n.removeprefix("permission=") for n in self.notes if n.startswith("permission=")]
         if perms:
             text += "; permission=" + ",".join(perms)
@@ -305,21 +359,35 @@ class Turn:
 
     def _finish(self) -> dict[str, Any]:
         s = self.session
-        inputs = _tokens(self.user_text) + sum(_tokens(t["user"]) + _tokens(t["summary"])
-                                               for t in s.turns)
+        inputs = _tokens(self.user_text) + sum(
+            _tokens(t["user"]) + _tokens(t["summary"]) for t in s.turns
+        )
         outputs = max(1, self.out_bytes // 4)
-        s.turns.append({"user": self.user_text, "summary": self.summary(),
-                        "userMessageId": "msg_u" + secrets.token_hex(8),
-                        "messageId": self.message_id})
+        s.turns.append(
+            {
+                "user": self.user_text,
+                "summary": self.summary(),
+                "userMessageId": "msg_u" + secrets.token_hex(8),
+                "messageId": self.message_id,
+            }
+        )
         self.agent.save(s)
-        return {"stopReason": "end_turn", "usage": {"inputTokens": inputs,
-                                                    "outputTokens": outputs,
-                                                    "totalTokens": inputs + outputs}}
+        return {
+            "stopReason": "end_turn",
+            "usage": {
+                "inputTokens": inputs,
+                "outputTokens": outputs,
+                "totalTokens": inputs + outputs,
+            },
+        }
 
     def _chunk(self, kind: str, text: str) -> dict[str, Any]:
         self.out_bytes += len(text.encode())
-        return {"sessionUpdate": kind, "messageId": self.message_id,
-                "content": {"type": "text", "text": text}}
+        return {
+            "sessionUpdate": kind,
+            "messageId": self.message_id,
+            "content": {"type": "text", "text": text},
+        }
 
     @staticmethod
     def _text_content(text: str) -> dict[str, Any]:
@@ -359,10 +427,19 @@ class Agent:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.knobs = Knobs(chunks=args.chunks, chunk_size=args.chunk_size, thoughts=args.thoughts,
-                           tool_calls=args.tool_calls, plan=args.plan, permission=args.permission,
-                           fs_read=args.fs_read, crash_after=args.crash_after, hang=args.hang,
-                           first_token_delay=args.first_token_delay, chunk_delay=args.chunk_delay)
+        self.knobs = Knobs(
+            chunks=args.chunks,
+            chunk_size=args.chunk_size,
+            thoughts=args.thoughts,
+            tool_calls=args.tool_calls,
+            plan=args.plan,
+            permission=args.permission,
+            fs_read=args.fs_read,
+            crash_after=args.crash_after,
+            hang=args.hang,
+            first_token_delay=args.first_token_delay,
+            chunk_delay=args.chunk_delay,
+        )
         self.sessions: dict[str, Session] = {}
         self.initialize_count = 0
         self.next_id = 0
@@ -371,11 +448,16 @@ class Agent:
         self.turns: dict[Any, Turn] = {}  # running turns by prompt request id
         self.out = sys.stdout.buffer
         self.handlers: dict[str, Handler] = {
-            "initialize": self.initialize, "session/new": self.session_new,
-            "session/load": self.session_load, "session/resume": self.session_resume,
-            "session/close": self.session_close, "session/list": self.session_list,
-            "session/set_mode": self.set_mode, "session/set_config_option": self.set_config,
-            "session/set_model": self.set_model, "session/prompt": self.prompt,
+            "initialize": self.initialize,
+            "session/new": self.session_new,
+            "session/load": self.session_load,
+            "session/resume": self.session_resume,
+            "session/close": self.session_close,
+            "session/list": self.session_list,
+            "session/set_mode": self.set_mode,
+            "session/set_config_option": self.set_config,
+            "session/set_model": self.set_model,
+            "session/prompt": self.prompt,
             "_fake/state": self.fake_state,
         }
         if args.state_dir:
@@ -496,8 +578,11 @@ class Agent:
     async def handle(self, rid: Any, method: str, params: dict[str, Any]) -> None:
         try:
             handler = self.handlers.get(method)
-            if handler is None or (method == "session/load" and self.args.no_load) or (
-                    method == "session/resume" and self.args.no_resume):
+            if (
+                handler is None
+                or (method == "session/load" and self.args.no_load)
+                or (method == "session/resume" and self.args.no_resume)
+            ):
                 raise RpcError(METHOD_NOT_FOUND, "Method not found", {"method": method})
             result = await handler(params, rid)
             after: list[dict[str, Any]] = []
@@ -556,8 +641,13 @@ class Agent:
             return None
         with open(path, "rb") as f:
             data = msgspec.json.decode(f.read())
-        return Session(id=data["sessionId"], cwd=data["cwd"], mode=data.get("mode", "build"),
-                       model=data.get("model", "fake/echo-1"), turns=data.get("turns", []))
+        return Session(
+            id=data["sessionId"],
+            cwd=data["cwd"],
+            mode=data.get("mode", "build"),
+            model=data.get("model", "fake/echo-1"),
+            turns=data.get("turns", []),
+        )
 
     async def _init_delay(self) -> None:
         if self.args.session_init_delay > 0:
@@ -568,13 +658,17 @@ class Agent:
         session_caps: dict[str, Any] = {"close": {}, "list": {}}
         if not self.args.no_resume:
             session_caps = {"resume": {}, **session_caps}
-        return {"protocolVersion": 1,
-                "agentCapabilities": {"loadSession": not self.args.no_load,
-                                      "promptCapabilities": {"image": True,
-                                                             "embeddedContext": True},
-                                      "mcpCapabilities": {"http": True, "sse": False},
-                                      "sessionCapabilities": session_caps},
-                "authMethods": [], "agentInfo": {"name": "fake-agent", "version": "1.0.0"}}
+        return {
+            "protocolVersion": 1,
+            "agentCapabilities": {
+                "loadSession": not self.args.no_load,
+                "promptCapabilities": {"image": True, "embeddedContext": True},
+                "mcpCapabilities": {"http": True, "sse": False},
+                "sessionCapabilities": session_caps,
+            },
+            "authMethods": [],
+            "agentInfo": {"name": "fake-agent", "version": "1.0.0"},
+        }
 
     async def session_new(self, params: dict[str, Any], rid: Any) -> Any:
         cwd = self._cwd(params)
@@ -582,10 +676,15 @@ class Agent:
         session = Session(id="fake_" + secrets.token_hex(8), cwd=cwd)
         self.sessions[session.id] = session
         self.save(session)
-        commands = {"sessionUpdate": "available_commands_update",
-                    "availableCommands": [{"name": "init", "description": "create AGENTS.md"}]}
-        after = {"jsonrpc": "2.0", "method": "session/update",
-                 "params": {"sessionId": session.id, "update": commands}}
+        commands = {
+            "sessionUpdate": "available_commands_update",
+            "availableCommands": [{"name": "init", "description": "create AGENTS.md"}],
+        }
+        after = {
+            "jsonrpc": "2.0",
+            "method": "session/update",
+            "params": {"sessionId": session.id, "update": commands},
+        }
         return {"sessionId": session.id, **session.setup()}, [after]
 
     async def session_load(self, params: dict[str, Any], rid: Any, replay: bool = True) -> Any:
@@ -598,11 +697,20 @@ class Agent:
         self.sessions[session.id] = session
         for turn in session.turns if replay else ():
             for kind, text, mid in (
-                    ("user_message_chunk", turn["user"], turn.get("userMessageId")),
-                    ("agent_message_chunk", turn["summary"], turn.get("messageId"))):
-                self.notify("session/update", {"sessionId": session.id, "update": {
-                    "sessionUpdate": kind, "messageId": mid,
-                    "content": {"type": "text", "text": text}}})
+                ("user_message_chunk", turn["user"], turn.get("userMessageId")),
+                ("agent_message_chunk", turn["summary"], turn.get("messageId")),
+            ):
+                self.notify(
+                    "session/update",
+                    {
+                        "sessionId": session.id,
+                        "update": {
+                            "sessionUpdate": kind,
+                            "messageId": mid,
+                            "content": {"type": "text", "text": text},
+                        },
+                    },
+                )
         return session.setup()
 
     async def session_resume(self, params: dict[str, Any], rid: Any) -> Any:
@@ -616,8 +724,13 @@ class Agent:
 
     async def session_list(self, params: dict[str, Any], rid: Any) -> Any:
         cwd = params.get("cwd")  # sessions of this process only (persisted ones are not listed)
-        return {"sessions": [{"sessionId": s.id, "cwd": s.cwd} for s in self.sessions.values()
-                             if cwd is None or s.cwd == cwd]}
+        return {
+            "sessions": [
+                {"sessionId": s.id, "cwd": s.cwd}
+                for s in self.sessions.values()
+                if cwd is None or s.cwd == cwd
+            ]
+        }
 
     async def set_mode(self, params: dict[str, Any], rid: Any) -> Any:
         session = self._session(params)
@@ -625,8 +738,13 @@ class Agent:
             raise RpcError(INVALID_PARAMS, f"Invalid params: unknown mode {params.get('modeId')!r}")
         session.mode = params["modeId"]
         self.save(session)
-        self.notify("session/update", {"sessionId": session.id, "update": {
-            "sessionUpdate": "current_mode_update", "currentModeId": session.mode}})
+        self.notify(
+            "session/update",
+            {
+                "sessionId": session.id,
+                "update": {"sessionUpdate": "current_mode_update", "currentModeId": session.mode},
+            },
+        )
         return {}
 
     async def set_config(self, params: dict[str, Any], rid: Any) -> Any:
@@ -656,8 +774,11 @@ class Agent:
             raise RpcError(INVALID_REQUEST, "a prompt is already running on this session")
         knobs = self.knobs
         first = blocks[0] if blocks else None
-        if isinstance(first, dict) and first.get("type") == "text" and str(
-                first.get("text", "")).startswith("fake:"):
+        if (
+            isinstance(first, dict)
+            and first.get("type") == "text"
+            and str(first.get("text", "")).startswith("fake:")
+        ):
             try:
                 directive, _ = json.JSONDecoder().raw_decode(first["text"][5:].lstrip())
             except ValueError as exc:
@@ -675,17 +796,28 @@ class Agent:
 
     async def fake_state(self, params: dict[str, Any], rid: Any) -> Any:
         wanted = params.get("sessionId")
-        return {"pid": os.getpid(), "initializeCount": self.initialize_count,
-                "sessions": {s.id: {"turns": len(s.turns), "cwd": s.cwd, "mode": s.mode,
-                                    "model": s.model, "running": s.turn is not None}
-                             for s in self.sessions.values() if wanted in (None, s.id)},
-                "env": {k: v for k, v in os.environ.items()
-                        if k.startswith(("FAKE_", "OPEN_DESIGN_"))}}
+        return {
+            "pid": os.getpid(),
+            "initializeCount": self.initialize_count,
+            "sessions": {
+                s.id: {
+                    "turns": len(s.turns),
+                    "cwd": s.cwd,
+                    "mode": s.mode,
+                    "model": s.model,
+                    "running": s.turn is not None,
+                }
+                for s in self.sessions.values()
+                if wanted in (None, s.id)
+            },
+            "env": {k: v for k, v in os.environ.items() if k.startswith(("FAKE_", "OPEN_DESIGN_"))},
+        }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m acp_proxy.testing.fake_agent",
-                                description="A scripted ACP agent on stdio.")
+    p = argparse.ArgumentParser(
+        prog="python -m acp_proxy.testing.fake_agent", description="A scripted ACP agent on stdio."
+    )
     p.add_argument("--startup-delay", type=float, default=0.0, metavar="S")
     p.add_argument("--session-init-delay", type=float, default=0.0, metavar="S")
     p.add_argument("--first-token-delay", type=float, default=0.0, metavar="S")
