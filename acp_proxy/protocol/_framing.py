@@ -78,7 +78,8 @@ class LineBuffer:
             start = pos
         if pos:
             del buf[:pos]
-        if len(buf) > self.max_line_bytes:
+        # A pending "\r" may still be half of a CRLF: it does not count against the limit.
+        if len(buf) - buf.endswith(b"\r") > self.max_line_bytes:
             if not self._discarding:
                 out.append(OVERSIZE)
                 self._discarding = True

@@ -113,7 +113,9 @@ def decode_message(line: bytes) -> Message:
             "per line",
             INVALID_REQUEST,
         ) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # msgspec raises UnicodeDecodeError for invalid UTF-8 inside strings and
+        # RecursionError for absurd nesting: both are the peer's malformed input.
         raise RemoteProtocolError(
             f"Parse error: {exc}; each line must be one complete UTF-8 JSON value",
             PARSE_ERROR,
@@ -140,6 +142,12 @@ def decode_message(line: bytes) -> Message:
     if env.error:
         try:
             err = _error_decoder.decode(env.error)
+        except UnicodeDecodeError as exc:
+            raise RemoteProtocolError(
+                f"Parse error: {exc}; each line must be one complete UTF-8 JSON value",
+                PARSE_ERROR,
+                ident,
+            ) from None
         except msgspec.DecodeError:
             raise invalid(
                 '"error" must be an object with integer "code" and string "message"'

@@ -21,6 +21,9 @@ __all__ = [
     "update_kind",
 ]
 
+#: What msgspec raises for input that is not valid JSON text: invalid UTF-8 inside a string
+#: surfaces as UnicodeDecodeError, absurd nesting as RecursionError.
+_MALFORMED: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 _members_decoder: Final = msgspec.json.Decoder(dict[str, Raw])
 _str_decoder: Final = msgspec.json.Decoder(str)
 _encoder: Final = msgspec.json.Encoder()
@@ -43,7 +46,7 @@ def object_members(raw: Raw | bytes) -> dict[str, Raw]:
         return {}
     try:
         return _members_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except _MALFORMED:
         raise RemoteProtocolError(
             "Invalid params: expected a JSON object", INVALID_PARAMS
         ) from None
@@ -56,7 +59,7 @@ def get_str(members: dict[str, Raw], key: str) -> str | None:
         return None
     try:
         return _str_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except _MALFORMED:
         return None
 
 
@@ -78,5 +81,5 @@ def update_kind(update: Raw | bytes) -> str:
     """The ``sessionUpdate`` discriminator of a SessionUpdate ("" when absent or malformed)."""
     try:
         return _kind_decoder.decode(update).sessionUpdate
-    except msgspec.DecodeError:
+    except _MALFORMED:
         return ""

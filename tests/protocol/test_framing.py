@@ -185,14 +185,6 @@ def test_oversize_marker_is_a_singleton_with_readable_repr() -> None:
     assert len(out) == 1 and out[0] is OVERSIZE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: LineBuffer.feed checks len(buffer) > max_line_bytes before the CR of a CRLF is "
-        "stripped, so a CRLF line of exactly the limit is OVERSIZE when its CR and LF arrive "
-        "in different feeds (or the input ends after the CR), but accepted when fed whole"
-    ),
-)
 def test_crlf_line_exactly_at_limit_is_accepted_however_chunked() -> None:
     """A CRLF line whose content is exactly the limit is accepted however it is chunked."""
     assert_framing(b"abcd\r\nxy\n", [b"abcd", b"xy"], max_line_bytes=4)

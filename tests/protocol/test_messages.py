@@ -197,15 +197,6 @@ def test_invalid_utf8_outside_strings_is_parse_error(line: bytes) -> None:
     assert decode_error(line).code == PARSE_ERROR
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason=(
-        "BUG: msgspec raises UnicodeDecodeError (not a msgspec.DecodeError) for invalid UTF-8 "
-        "inside a string it decodes to str (jsonrpc, id, method, error.message), and "
-        "decode_message only catches msgspec errors, so it escapes as UnicodeDecodeError"
-    ),
-)
 @pytest.mark.parametrize(
     "line",
     [
@@ -220,14 +211,6 @@ def test_invalid_utf8_inside_strings_is_parse_error(line: bytes) -> None:
     assert decode_error(line).code == PARSE_ERROR
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason=(
-        "BUG: deeply nested JSON (about 1000 levels, i.e. a 2 KB line) makes msgspec raise "
-        "RecursionError, which decode_message does not turn into a RemoteProtocolError"
-    ),
-)
 @pytest.mark.parametrize(
     "line",
     [
