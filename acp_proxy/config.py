@@ -64,6 +64,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: Bytes queued to one client before it counts as stuck and is disconnected. A slow client
     #: must not stall its agent or the recording (the turn goes on without it).
     client_outbox_bytes: int = 256 * 1024 * 1024
+    #: Whether the history seeded into a brand new agent session (last rung of the restore
+    #: ladder) includes the agent's thoughts. Off: they are long and rarely useful as context.
+    seed_thoughts: bool = False
     #: structlog level for the JSON lines on stderr.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -22,7 +22,7 @@ import msgspec
 from anyio.abc import TaskGroup
 from msgspec import Raw
 
-from store import DeleteSession, PutSession, SessionRecord, SqliteStore, UpdateSession
+from store import DeleteSession, FinishTurn, PutSession, SessionRecord, SqliteStore, UpdateSession
 
 from .agent import UNBOUND, AgentError, AgentExited, AgentProcess, Batch
 from .client import ClientConnection
@@ -45,6 +45,7 @@ from .protocol import (
     object_members,
     rewrite_members,
 )
+from .restore import restore_session
 from .session import Session, SetupTimings
 
 __all__ = ["AgentStartError", "Proxy"]
@@ -250,27 +251,55 @@ class Proxy:
         except ProtocolError:
             return None
 
-    def _live_session(self, params: Raw) -> Session:
+    async def _ready_session(self, params: Raw, *, check_cwd: bool = False) -> Session:
+        """The session named in ``params``, with a live agent (restored if it was gone).
+
+        Raises:
+            LocalProtocolError: no such session (-32002), wrong cwd (-32602), or
+                :class:`RestoreFailed` when no rung of the restore ladder worked.
+        """
         members = object_members(params)
         sid = get_str(members, "sessionId")
         if sid is None:
             raise LocalProtocolError(
                 'Invalid params: "sessionId" (string) is required', INVALID_PARAMS
             )
-        session = self.sessions.get(sid)
-        if session is None:
+        session = self.sessions.get(sid) or await self._session_from_store(sid)
+        cwd = get_str(members, "cwd")
+        if check_cwd and cwd is not None and cwd != session.record.cwd:
+            raise LocalProtocolError(
+                f"Invalid params: session {sid} belongs to cwd {session.record.cwd!r}, "
+                f"not {cwd!r}; sessions are bound to their cwd",
+                INVALID_PARAMS,
+                {"sessionId": sid, "cwd": session.record.cwd},
+            )
+        if not session.live:
+            async with session.lock:
+                if not session.live:
+                    await restore_session(
+                        self,
+                        session,
+                        mcp_servers=members.get("mcpServers"),
+                        additional_directories=members.get("additionalDirectories"),
+                    )
+        return session
+
+    async def _session_from_store(self, sid: str) -> Session:
+        # Sessions come back on first use: a restart restores nothing eagerly.
+        record = await self.store.get_session(sid)
+        if record is None:
             raise LocalProtocolError(
                 f"Resource not found: no session {sid}; create one with session/new",
                 RESOURCE_NOT_FOUND,
                 {"sessionId": sid},
             )
-        if not session.live:
-            raise LocalProtocolError(
-                f"session {sid} has no live agent (it ended or was closed); load it again "
-                "once restoring is available",
-                RESOURCE_NOT_FOUND,
-                {"sessionId": sid, "kind": "session_not_live"},
-            )
+        last_seq = await self.store.last_event_seq(sid)
+        turn_seq = await self.store.last_turn_seq(sid)
+        if sid in self.sessions:  # another connection got here first
+            return self.sessions[sid]
+        session = Session(self, record, last_seq=last_seq, turn_seq=turn_seq)
+        session.delivered_seq = last_seq
+        self.sessions[sid] = session
         return session
 
     # -- handlers ----------------------------------------------------------------------------
@@ -364,6 +393,7 @@ class Proxy:
             )
         setup.session_init_ms = (time.monotonic() - started) * 1000
         session.upstream_id = upstream
+        session.record = msgspec.structs.replace(session.record, upstream_session_id=upstream)
         session.setup = setup
         ops: list[Any] = [UpdateSession(record.id, time.time(), upstream_session_id=upstream)]
         if isinstance(result.get("modes"), dict):
@@ -403,16 +433,8 @@ class Proxy:
         await self._attach(client, req, replay=False)
 
     async def _attach(self, client: ClientConnection, req: Request, *, replay: bool) -> None:
-        session = self._live_session(req.params)
-        cwd = get_str(object_members(req.params), "cwd")
-        if cwd is not None and cwd != session.record.cwd:
-            raise LocalProtocolError(
-                f"Invalid params: session {session.id} belongs to cwd {session.record.cwd!r}, "
-                f"not {cwd!r}; sessions are bound to their cwd",
-                INVALID_PARAMS,
-                {"sessionId": session.id, "cwd": session.record.cwd},
-            )
         started = time.monotonic()
+        session = await self._ready_session(req.params, check_cwd=True)
         await session.replay_to(client, replay=replay)
         client.send_response(req.id, _encoder.encode(self._session_state(session)))
         session.release_held()
@@ -425,7 +447,7 @@ class Proxy:
 
     async def _session_prompt(self, client: ClientConnection, req: Request) -> None:
         received = time.monotonic()
-        session = self._live_session(req.params)
+        session = await self._ready_session(req.params)
         if session.turn is not None:
             raise LocalProtocolError(
                 f"session {session.id} is already running turn {session.turn.seq}; one prompt "
@@ -433,6 +455,7 @@ class Proxy:
                 SESSION_BUSY,
                 {"kind": "turn_in_progress", "sessionId": session.id, "turn": session.turn.seq},
             )
+        agent = session.agent
         ops = session.begin_turn(client, req, received)
         try:
             await self.store.commit(ops)
@@ -440,11 +463,17 @@ class Proxy:
             session.turn = None
             raise
         if not session.live:  # the agent died while we were recording the prompt
-            session.turn = None
+            turn, session.turn = session.turn, None
+            assert turn is not None and agent is not None
+            await self.store.commit(
+                [FinishTurn(session.id, turn.seq, time.time(), None, "error", None, None)]
+            )
+            info = agent.exit_info.as_data() if agent.exit_info else {"kind": "agent_exited"}
             raise LocalProtocolError(
-                f"the agent of session {session.id} ended before the prompt could be sent",
+                f"the agent of session {session.id} ended before the prompt could be sent; "
+                "nothing was sent: send the prompt again to restore the session",
                 INTERNAL_ERROR,
-                {"kind": "agent_exited", "sessionId": session.id},
+                {**info, "sessionId": session.id, "turnOutcome": "not_sent"},
             )
         session.forward_prompt(req)
 
@@ -468,7 +497,7 @@ class Proxy:
                 "by params.sessionId, and this one has none)",
                 METHOD_NOT_FOUND,
             )
-        session = self._live_session(req.params)
+        session = await self._ready_session(req.params)
         agent = session.agent
         assert agent is not None and session.upstream_id is not None
         params = rewrite_members(object_members(req.params), sessionId=session.upstream_id)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import msgspec
 from msgspec import Raw
 
@@ -123,6 +124,12 @@ class Session:
     held_skip_upto: int = 0  #: held events with seq <= this were already replayed
     forwarded: dict[tuple[int, int], ForwardedRequest] = field(default_factory=dict)
     setup: SetupTimings | None = None
+    #: while true, the agent's session/update are a replay of what the store already holds
+    draining: bool = False
+    drained: int = 0
+    #: history block for the first prompt after a restore onto a brand new agent session
+    seed: dict[str, Any] | None = None
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
     turns_completed: int = 0
     updates_recorded: int = 0
     created_mono: float = field(default_factory=time.monotonic)
@@ -149,6 +156,9 @@ class Session:
             return
         assert isinstance(msg, Notification)
         if msg.method == "session/update":
+            if self.draining:
+                self.drained += 1
+                return
             self._record_update(msg.params, batch)
         elif msg.method == "$/cancel_request":
             batch.deliveries.append(lambda: self._forward_agent_cancel(agent, msg.params))
@@ -429,7 +439,14 @@ class Session:
         """Send the prompt of the current turn to the agent."""
         turn, agent = self.turn, self.agent
         assert turn is not None and agent is not None and self.upstream_id is not None
-        params = rewrite_members(object_members(req.params), sessionId=self.upstream_id)
+        members = object_members(req.params)
+        changes: dict[str, Any] = {"sessionId": self.upstream_id}
+        if self.seed is not None:
+            # Sent once: the agent keeps it in its own context from now on.
+            blocks = _blocks_decoder.decode(members["prompt"])
+            changes["prompt"] = [self.seed, *blocks]
+            self.seed = None
+        params = rewrite_members(members, **changes)
         # The user's blocks are committed now; the client sent them itself, so they count as
         # delivered without being sent back.
         self.delivered_seq = max(self.delivered_seq, turn.user_last_seq)

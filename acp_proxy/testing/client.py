@@ -255,9 +255,11 @@ class AcpClient:
             first,
         )
 
-    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        """Wait until a received message satisfies ``predicate``; returns it."""
-        index = 0
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], *, since: int = 0
+    ) -> dict[str, Any]:
+        """Wait until a message received at index ``since`` or later satisfies ``predicate``."""
+        index = since
         while True:
             for msg in self.messages[index:]:
                 if predicate(msg):

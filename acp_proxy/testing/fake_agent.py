@@ -40,6 +40,9 @@ or ``; fs=error:<code>``. Cancelled turns (session/cancel, ``$/cancel_request`` 
 or a ``cancelled`` permission outcome) answer ``{"stopReason":"cancelled"}``, send
 ``$/cancel_request`` for their unanswered requests to the client, and are not recorded in history.
 
+A prompt whose first block is acp-proxy's ``<acp-proxy:history …>`` seed (the last rung of its
+restore ladder) gives a new session its earlier turns: one per user message in the block.
+
 Extension: ``_fake/state {sessionId?}`` -> ``{pid, initializeCount, sessions: {id: {turns, cwd,
 mode, model, running}}, env: {FAKE_*, OPEN_DESIGN_* variables}}``.
 """
@@ -197,6 +200,32 @@ def _describe(block: Any) -> str:
     if kind == "resource":
         return f"[resource {(block.get('resource') or {}).get('uri')}]"
     return f"[{kind}]"
+
+
+def _is_seed(block: Any) -> bool:
+    return (
+        isinstance(block, dict)
+        and block.get("type") == "text"
+        and str(block.get("text", "")).startswith("<acp-proxy:history")
+    )
+
+
+def _turns_from_seed(text: str) -> list[dict[str, Any]]:
+    """Earlier turns from acp-proxy's history block: one per user message."""
+    turns: list[dict[str, Any]] = []
+    previous = ""
+    for line in text.splitlines()[2:-1]:
+        update = json.loads(line)
+        kind = update.get("sessionUpdate")
+        content = update.get("content") or {}
+        if kind == "user_message_chunk":
+            if previous != "user_message_chunk":
+                turns.append({"user": "", "summary": "", "seeded": True})
+            turns[-1]["user"] += _describe(content)
+        elif kind == "agent_message_chunk" and turns:
+            turns[-1]["summary"] = content.get("text", "")
+        previous = kind
+    return turns
 
 
 class Turn:
@@ -772,6 +801,11 @@ class Agent:
             raise RpcError(INVALID_PARAMS, "Invalid params: prompt must be an array")
         if session.turn is not None:
             raise RpcError(INVALID_REQUEST, "a prompt is already running on this session")
+        if blocks and _is_seed(blocks[0]):
+            # acp-proxy restored this conversation into a new session: take the history.
+            if not session.turns:
+                session.turns = _turns_from_seed(blocks[0]["text"])
+            blocks = blocks[1:]
         knobs = self.knobs
         first = blocks[0] if blocks else None
         if (

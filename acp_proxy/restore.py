@@ -1,0 +1,203 @@
+"""Bringing a conversation back into a new agent process: the restore ladder.
+
+When a session is used whose agent is gone (idle eviction, crash, ``session/close``, proxy
+restart), an agent is taken (warm spare or spawn) and the conversation is rebound with the best
+primitive it advertises (design §3.3):
+
+1. ``session/resume`` of the agent's own session id: nothing is replayed;
+2. ``session/load`` with the agent's replay drained (neither recorded nor forwarded: the
+   store already holds it, and agents rewrite ids, so no per-message de-duplication);
+3. ``session/new``, and the recorded history goes once, in front of the next prompt, as the
+   block described in :func:`acp_proxy.transcript.seed_block` (native updates, never a
+   flattened transcript re-sent every turn).
+
+Then the session's mode and config options (model) are re-applied. The rung taken is reported
+in the next turn's timings (``agent: restored:<rung>``) and logged.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+from msgspec import Raw
+
+from store import FinishTurn, UpdateSession
+
+from .agent import AgentError, AgentExited, AgentProcess
+from .protocol import RESOURCE_NOT_FOUND, LocalProtocolError
+from .session import Session, SetupTimings
+from .transcript import seed_block
+
+if TYPE_CHECKING:
+    from .proxy import Proxy
+
+__all__ = ["RestoreFailed", "restore_session"]
+
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder()
+
+
+class RestoreFailed(LocalProtocolError):
+    """No rung of the ladder could bring the conversation back."""
+
+
+def _bind_params(
+    session: Session, mcp_servers: Raw | None, additional_directories: Raw | None
+) -> dict[str, Any]:
+    record = session.record
+    params: dict[str, Any] = {
+        "cwd": record.cwd,
+        "mcpServers": mcp_servers if mcp_servers is not None else Raw(record.mcp_servers),
+    }
+    extra = additional_directories
+    if extra is None and record.additional_directories:
+        extra = Raw(record.additional_directories)
+    if extra is not None:
+        params["additionalDirectories"] = extra
+    return params
+
+
+async def _rebind(
+    proxy: Proxy, session: Session, agent: AgentProcess, params: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """Try the rungs in order; returns the rung name and the agent's answer."""
+    upstream = session.record.upstream_session_id
+    failures: list[str] = []
+    if upstream is not None:
+        for rung, method in (("resume", "session/resume"), ("load", "session/load")):
+            if not agent.supports(rung):
+                continue
+            session.draining = rung == "load"
+            try:
+                result = await agent.call(method, {**params, "sessionId": upstream})
+            except AgentError as exc:
+                failures.append(f"{method}: {exc.reply.code} {exc.reply.message}")
+                continue
+            finally:
+                session.draining = False
+            session.upstream_id = upstream
+            return rung, result
+    result = await agent.call("session/new", params)
+    if not isinstance(result.get("sessionId"), str):
+        raise RestoreFailed(
+            "the agent answered session/new without a sessionId",
+            RESOURCE_NOT_FOUND,
+            {"kind": "restore_failed", "sessionId": session.id},
+        )
+    session.upstream_id = result["sessionId"]
+    updates = [
+        _decoder.decode(payload)["update"]
+        for payload in await proxy.store.event_payloads(session.id)
+    ]
+    session.seed = seed_block(session.id, updates, include_thoughts=proxy.config.seed_thoughts)
+    if failures:
+        session.log.info("restore.fell_back_to_new", failures=failures)
+    return "new", result
+
+
+async def _reapply_state(session: Session, agent: AgentProcess, answer: dict[str, Any]) -> None:
+    """Put the session's mode and config options back as they were."""
+    upstream = session.upstream_id
+    ops: list[Any] = []
+    wanted_modes = _decoder.decode(session.record.modes) if session.record.modes else None
+    got_modes = answer.get("modes") if isinstance(answer.get("modes"), dict) else None
+    wanted_mode = wanted_modes.get("currentModeId") if isinstance(wanted_modes, dict) else None
+    if wanted_mode and got_modes and got_modes.get("currentModeId") != wanted_mode:
+        await agent.call("session/set_mode", {"sessionId": upstream, "modeId": wanted_mode})
+    elif got_modes is not None and wanted_modes is None:
+        session.record = msgspec.structs.replace(session.record, modes=_encoder.encode(got_modes))
+        ops.append(UpdateSession(session.id, time.time(), modes=session.record.modes))
+    wanted_options = (
+        _decoder.decode(session.record.config_options) if session.record.config_options else []
+    )
+    got = {o.get("id"): o for o in answer.get("configOptions") or [] if isinstance(o, dict)}
+    final = answer.get("configOptions")
+    for option in wanted_options if isinstance(wanted_options, list) else []:
+        if not isinstance(option, dict) or option.get("id") not in got:
+            continue
+        if got[option["id"]].get("currentValue") == option.get("currentValue"):
+            continue
+        params: dict[str, Any] = {
+            "sessionId": upstream,
+            "configId": option["id"],
+            "value": option.get("currentValue"),
+        }
+        if option.get("type") == "boolean":
+            params["type"] = "boolean"
+        reply = await agent.call("session/set_config_option", params)
+        final = reply.get("configOptions", final)
+    if isinstance(final, list):
+        session.set_config_options(_encoder.encode(final), ops)
+    if ops:
+        await session.proxy.store.commit(ops)
+
+
+async def restore_session(
+    proxy: Proxy,
+    session: Session,
+    *,
+    mcp_servers: Raw | None = None,
+    additional_directories: Raw | None = None,
+) -> None:
+    """Give ``session`` a live agent again (see the module docstring).
+
+    Raises:
+        RestoreFailed: every rung failed or the agent could not start; ``data.kind`` is
+            ``restore_failed``.
+    """
+    started = time.monotonic()
+    if session.turn is None:
+        await _settle_unfinished_turn(proxy, session)
+    agent, setup = await proxy.acquire_agent(session.record.cwd)
+    agent.handler = session
+    session.agent = agent
+    params = _bind_params(session, mcp_servers, additional_directories)
+    try:
+        rung, answer = await _rebind(proxy, session, agent, params)
+        await _reapply_state(session, agent, answer)
+    except RestoreFailed:
+        agent.stop()
+        session.agent = None
+        raise
+    except (AgentError, AgentExited) as exc:
+        agent.stop()
+        session.agent = None
+        raise RestoreFailed(
+            f"session {session.id} could not be restored into a new agent process: {exc}",
+            RESOURCE_NOT_FOUND,
+            {"kind": "restore_failed", "sessionId": session.id, "reason": str(exc)},
+        ) from None
+    session.record = msgspec.structs.replace(
+        session.record, upstream_session_id=session.upstream_id, state="active"
+    )
+    session.setup = SetupTimings(
+        f"restored:{rung}",
+        cli_ready_ms=setup.cli_ready_ms,
+        session_init_ms=(time.monotonic() - started) * 1000 - setup.cli_ready_ms,
+    )
+    await proxy.store.commit(
+        [
+            UpdateSession(
+                session.id, time.time(), upstream_session_id=session.upstream_id, state="active"
+            )
+        ]
+    )
+    session.log.info(
+        "session.restored",
+        rung=rung,
+        agent_pid=agent.pid,
+        upstream_session_id=session.upstream_id,
+        seeded_updates=session.seed["text"].count("\n") - 2 if session.seed else 0,
+        ms=round((time.monotonic() - started) * 1000, 3),
+    )
+
+
+async def _settle_unfinished_turn(proxy: Proxy, session: Session) -> None:
+    """A turn left ``running`` by a dead agent or proxy has an unknown outcome: say so."""
+    turns = await proxy.store.turns(session.id)
+    if turns and turns[-1].outcome == "running":
+        await proxy.store.commit(
+            [FinishTurn(session.id, turns[-1].seq, time.time(), None, "unknown", None, None)]
+        )
