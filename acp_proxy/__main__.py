@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import anyio
 
+from . import sessions_cli
 from .config import ConfigError, load_config
 from .logs import configure_logging
 
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--warm-spares", type=int, help="agents kept spawned ahead of session/new")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("agent", nargs=argparse.REMAINDER, help="-- AGENT_COMMAND [ARGS...]")
+    sessions_cli.add_parser(sub, os.environ.get("ACP_PROXY_DB"))
     demo = sub.add_parser(
         "demo", help="run the proxy end to end on its embedded defaults (SQLite + fake agent)"
     )
@@ -57,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``acp-proxy`` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "sessions":
+        return sessions_cli.run(args)
     if args.command == "demo":
         from .demo import main as demo_main
 

@@ -221,6 +221,10 @@ class SessionStore(Protocol):
         """Return the highest turn ``seq`` of a session, 0 if it has none."""
         ...
 
+    async def sessions_updated_before(self, cutoff: float, *, limit: int = 1000) -> list[str]:
+        """Ids of sessions last updated before ``cutoff`` (epoch seconds), oldest first."""
+        ...
+
     async def count_sessions(self) -> int:
         """Return the number of stored sessions."""
         ...

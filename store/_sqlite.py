@@ -401,6 +401,11 @@ class SqliteStore:
         rows = await self._fetchall(sql, (session_id,))
         return int(rows[0][0]) if rows else 0
 
+    async def sessions_updated_before(self, cutoff: float, *, limit: int = 1000) -> list[str]:
+        """Ids of sessions last updated before ``cutoff`` (epoch seconds), oldest first."""
+        sql = "SELECT id FROM sessions WHERE updated_at < ? ORDER BY updated_at, id LIMIT ?"
+        return [row[0] for row in await self._fetchall(sql, (cutoff, limit))]
+
     async def count_sessions(self) -> int:
         """Return the number of stored sessions."""
         rows = await self._fetchall("SELECT count(*) FROM sessions")
