@@ -1,0 +1,86 @@
+# syntax=docker/dockerfile:1
+#
+# acp-proxy: a long-lived ACP sidecar (see README.md and deploy/README.md).
+#
+#   docker build -t acp-proxy .
+#   docker run --init -v acp-run:/run/acp -v acp-state:/var/lib/acp-proxy acp-proxy
+#
+# The default command serves the bundled fake agent, so the image runs on its embedded
+# defaults. A real deployment installs its agent in a derived image and overrides the command
+# with `-- AGENT_COMMAND [ARGS...]`; deploy/opencode.Dockerfile is a complete example
+# (explained in deploy/README.md), in short:
+#
+#   FROM node:22-bookworm-slim AS opencode
+#   RUN npm install -g opencode-ai@1.18.33
+#   FROM acp-proxy
+#   COPY --from=opencode /usr/local/lib/node_modules/opencode-ai/bin/opencode.exe /usr/local/bin/opencode
+#   CMD ["--", "opencode", "acp"]
+#
+# Stopping: SIGTERM makes the proxy close every agent's stdin, then SIGTERM and finally SIGKILL
+# each agent's process group (kill_grace_s = 2 s per step), flush the store and remove the socket.
+# Give it a grace period of at least 10 s (`docker stop -t 30`, compose `stop_grace_period`,
+# Kubernetes `terminationGracePeriodSeconds`).
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- build: install the project and its dependencies into a self-contained venv -------------------
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+RUN python -m venv /opt/acp-proxy
+
+WORKDIR /src
+# Only pyproject.toml, README.md, acp_proxy/ and store/ survive .dockerignore.
+COPY . .
+# All dependencies ship manylinux wheels: PyPI is the only network access needed.
+RUN /opt/acp-proxy/bin/pip install --no-cache-dir . \
+    && /opt/acp-proxy/bin/acp-proxy --help > /dev/null
+
+# --- runtime: the venv, a non-root user, nothing else ---------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+LABEL org.opencontainers.image.title="acp-proxy" \
+      org.opencontainers.image.description="A long-lived ACP sidecar: one warm agent per conversation, every session recorded in SQLite." \
+      org.opencontainers.image.licenses="MIT"
+
+# uid/gid 10001: fixed, so that client containers and volume owners can match it.
+# HOME is the state volume: agents keep their own data under ~ (opencode: ~/.local/share),
+# which then survives restarts next to sessions.db.
+# /workspace: an empty, acp-owned mount point for the files the agent works on (the `cwd` of
+# session/new), shared with the app container at the same path.
+RUN groupadd --system --gid 10001 acp \
+    && useradd --system --uid 10001 --gid acp --no-create-home \
+        --home-dir /var/lib/acp-proxy --shell /usr/sbin/nologin acp \
+    && mkdir -p /run/acp /var/lib/acp-proxy /workspace \
+    && chown acp:acp /run/acp /var/lib/acp-proxy /workspace \
+    && chmod 0750 /run/acp /var/lib/acp-proxy /workspace
+
+COPY --from=build /opt/acp-proxy /opt/acp-proxy
+
+ENV PATH=/opt/acp-proxy/bin:$PATH \
+    HOME=/var/lib/acp-proxy \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    ACP_PROXY_SOCKET=/run/acp/proxy.sock \
+    ACP_PROXY_DB=/var/lib/acp-proxy/sessions.db
+
+# Numeric, so that Kubernetes' runAsNonRoot can verify it.
+USER 10001:10001
+WORKDIR /var/lib/acp-proxy
+
+# /run/acp: the socket, shared with the client container. /var/lib/acp-proxy: the database
+# (and the agents' HOME). Named volumes inherit the acp:acp 0750 ownership set above.
+VOLUME ["/run/acp", "/var/lib/acp-proxy"]
+
+STOPSIGNAL SIGTERM
+
+# Healthy = the socket accepts connections (the proxy listens as soon as the store is open).
+# Each check is one short client connection (logged as client.connected/disconnected).
+# To move the socket, set ACP_PROXY_SOCKET rather than --socket, so this check follows it.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import socket,os; s=socket.socket(socket.AF_UNIX); s.settimeout(3); s.connect(os.environ['ACP_PROXY_SOCKET'])"]
+
+ENTRYPOINT ["acp-proxy", "serve"]
+CMD ["--", "python", "-m", "acp_proxy.testing.fake_agent"]
