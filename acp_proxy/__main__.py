@@ -1,4 +1,4 @@
-"""Command line: ``acp-proxy serve|attach``."""
+"""Command line: ``acp-proxy serve|attach|sessions|demo``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (keys as in config.example.toml)")
     serve.add_argument("--warm-spares", type=int, help="agents kept spawned ahead of session/new")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--per-process-env",
+        help="comma-separated variables whose change (forwarded by attach) restarts the agent",
+    )
+    serve.add_argument(
+        "--client-profile",
+        choices=["standard", "open-design"],
+        help="how clients are answered (default: standard ACP)",
+    )
     serve.add_argument("agent", nargs=argparse.REMAINDER, help="-- AGENT_COMMAND [ARGS...]")
     sessions_cli.add_parser(sub, os.environ.get("ACP_PROXY_DB"))
     demo = sub.add_parser(
@@ -53,6 +62,25 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("ACP_PROXY_SOCKET"),
         help="unix socket path (default: $ACP_PROXY_SOCKET)",
     )
+    attach.add_argument(
+        "--real-binary",
+        default=os.environ.get("ACP_PROXY_REAL_BINARY"),
+        help="exec this binary, same argv, for invocations that are not the ACP entry point "
+        "(default: $ACP_PROXY_REAL_BINARY)",
+    )
+    attach.add_argument(
+        "--acp-argv",
+        default=os.environ.get("ACP_PROXY_ACP_ARGV", ""),
+        help='arguments that mark the ACP entry point, e.g. "agent run --runtime opencode"; '
+        "empty: every invocation is ACP (default: $ACP_PROXY_ACP_ARGV)",
+    )
+    attach.add_argument(
+        "--forward-env",
+        default=os.environ.get("ACP_PROXY_FORWARD_ENV", ""),
+        help="comma-separated environment variables sent to the proxy for this connection "
+        "(default: $ACP_PROXY_FORWARD_ENV)",
+    )
+    attach.add_argument("args", nargs=argparse.REMAINDER, help="-- ARGS the bridge was run with")
     return parser
 
 
@@ -70,9 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.socket:
             print("acp-proxy attach: pass --socket or set ACP_PROXY_SOCKET", file=sys.stderr)
             return 2
-        from .attach import attach
+        from .attach import attach, dispatch
 
-        return anyio.run(attach, args.socket)
+        passthrough = list(args.args)
+        if passthrough and passthrough[0] == "--":
+            passthrough = passthrough[1:]
+        dispatch(passthrough, real_binary=args.real_binary, acp_argv=args.acp_argv)
+        forward = [name.strip() for name in args.forward_env.split(",") if name.strip()]
+        return anyio.run(attach, args.socket, forward)
     agent = list(args.agent)
     if agent and agent[0] == "--":
         agent = agent[1:]
@@ -84,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent_command=agent or None,
             warm_spares=args.warm_spares,
             log_level=args.log_level,
+            client_profile=args.client_profile,
+            per_process_env=[n.strip() for n in args.per_process_env.split(",") if n.strip()]
+            if args.per_process_env
+            else None,
         )
     except ConfigError as exc:
         print(f"acp-proxy serve: {exc}", file=sys.stderr)

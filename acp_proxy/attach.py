@@ -3,19 +3,30 @@
 Bytes are relayed unchanged in both directions; nothing but the proxy's output is written to
 stdout (logs go to stderr). The agent lives under ``serve``, not under this process: stdin EOF
 or a signal here ends the bridge, never the turn or the session.
+
+Installed as the agent binary of a daemon that runs other subcommands of that binary too
+(``--version``, ``model list``…), the bridge hands every invocation that is not the ACP entry
+point to the real binary (``exec``: same argv, stdio and exit code). Allowlisted environment
+variables are sent to the proxy first, as the ``_acp-proxy/env`` notification.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+from collections.abc import Sequence
 
 import anyio
+import msgspec
 from anyio.abc import SocketStream
 
 from .logs import get_logger
 
-__all__ = ["attach"]
+__all__ = ["ENV_METHOD", "attach", "dispatch"]
+
+#: Extension notification a bridge sends first: ``{"env": {NAME: value}}``.
+ENV_METHOD = "_acp-proxy/env"
 
 _READ_SIZE = 1 << 16
 
@@ -43,7 +54,25 @@ async def _socket_to_stdout(stream: SocketStream) -> None:
         pass
 
 
-async def attach(socket_path: str) -> int:
+def dispatch(args: Sequence[str], *, real_binary: str | None, acp_argv: str) -> None:
+    """Exec the real binary unless ``args`` is the ACP entry point; returns if it is.
+
+    ``acp_argv`` (shell words) is the argument prefix of the ACP entry point; empty matches
+    every invocation.
+    """
+    entry = shlex.split(acp_argv)
+    if list(args[: len(entry)]) == entry:
+        return
+    if not real_binary:
+        sys.stderr.write(
+            f"acp-proxy attach: {shlex.join(args)!r} is not the ACP entry point "
+            f"({acp_argv!r}) and no --real-binary was given to run it\n"
+        )
+        sys.exit(2)
+    os.execv(real_binary, [real_binary, *args])
+
+
+async def attach(socket_path: str, forward_env: Sequence[str] = ()) -> int:
     """Relay stdio to the proxy at ``socket_path`` until the proxy closes the connection."""
     log = get_logger(component="attach")
     try:
@@ -56,7 +85,15 @@ async def attach(socket_path: str) -> int:
             hint="is `acp-proxy serve` running with this --socket?",
         )
         return 1
+    env = {name: os.environ[name] for name in forward_env if name in os.environ}
     async with stream, anyio.create_task_group() as tg:
+        if env:
+            await stream.send(
+                msgspec.json.encode(
+                    {"jsonrpc": "2.0", "method": ENV_METHOD, "params": {"env": env}}
+                )
+                + b"\n"
+            )
         tg.start_soon(_stdin_to_socket, stream)
         await _socket_to_stdout(stream)
         tg.cancel_scope.cancel()

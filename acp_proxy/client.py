@@ -62,6 +62,8 @@ class ClientConnection:
         self.tg: TaskGroup | None = None
         self.log = get_logger(client=number)
         self.messages_in = 0
+        #: environment the client's bridge forwarded (``acp-proxy attach --forward-env``)
+        self.env: dict[str, str] = {}
 
     @property
     def closed(self) -> bool:

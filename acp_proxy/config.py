@@ -64,6 +64,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: Bytes queued to one client before it counts as stuck and is disconnected. A slow client
     #: must not stall its agent or the recording (the turn goes on without it).
     client_outbox_bytes: int = 256 * 1024 * 1024
+    #: How the proxy answers clients: ``standard`` ACP, or ``open-design`` for daemons that
+    #: cannot take a replay (load answers sessionId/openCodeSessionId and replays nothing; a
+    #: session that cannot be restored is an error with ``data.kind = "resume_failed"``).
+    client_profile: Literal["standard", "open-design"] = "standard"
+    #: Environment variables that belong to one agent *process* (billing, tracing): when a
+    #: client (through ``acp-proxy attach --forward-env``) brings other values, the agent is
+    #: restarted through the restore ladder, so a turn never runs under another turn's values.
+    per_process_env: list[str] = msgspec.field(default_factory=list)
     #: Whether the history seeded into a brand new agent session (last rung of the restore
     #: ladder) includes the agent's thoughts. Off: they are long and rarely useful as context.
     seed_thoughts: bool = False

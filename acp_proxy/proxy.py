@@ -25,12 +25,14 @@ from msgspec import Raw
 from store import DeleteSession, FinishTurn, PutSession, SessionRecord, SqliteStore, UpdateSession
 
 from .agent import UNBOUND, AgentError, AgentExited, AgentProcess, Batch
+from .attach import ENV_METHOD
 from .client import ClientConnection
 from .config import Config
 from .logs import get_logger
 from .protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
+    INVALID_REQUEST,
     METHOD_NOT_FOUND,
     RESOURCE_NOT_FOUND,
     SESSION_BUSY,
@@ -58,6 +60,10 @@ _PROXY_SESSION_CAPABILITIES: Final = ("list", "resume", "close", "delete")
 _PASSTHROUGH_SESSION_CAPABILITIES: Final = ("additionalDirectories",)
 
 Handler = Callable[[ClientConnection, Request], Awaitable[None]]
+
+
+class _EnvParams(msgspec.Struct):
+    env: dict[str, str]
 
 
 class AgentStartError(LocalProtocolError):
@@ -111,8 +117,8 @@ class Proxy:
             return
         self.spares.append(agent)
 
-    async def spawn_agent(self, cwd: str | None) -> AgentProcess:
-        """Spawn the agent command and complete ``initialize``.
+    async def spawn_agent(self, cwd: str | None, env: dict[str, str] | None = None) -> AgentProcess:
+        """Spawn the agent command (``env`` added to ours) and complete ``initialize``.
 
         Raises:
             AgentStartError: it could not be started, exited, erred or timed out.
@@ -121,7 +127,7 @@ class Proxy:
         agent = AgentProcess(
             config.agent_command,
             cwd=_usable_dir(cwd),
-            env=None,
+            env={**os.environ, **env} if env else None,
             commit=self.store.commit,
             max_line_bytes=config.max_line_bytes,
             kill_grace_s=config.kill_grace_s,
@@ -165,15 +171,28 @@ class Proxy:
             self.agent_info = agent.initialize_result
         return agent
 
-    async def acquire_agent(self, cwd: str) -> tuple[AgentProcess, SetupTimings]:
-        """A warm spare if one is ready (then a replacement is started), else a fresh agent."""
-        while self.spares:
+    async def acquire_agent(
+        self, cwd: str, env: dict[str, str] | None = None
+    ) -> tuple[AgentProcess, SetupTimings]:
+        """A warm spare if one is ready (then a replacement is started), else a fresh agent.
+
+        Spares run with the proxy's own environment: a session that needs per-process values
+        (``env``) gets a fresh agent.
+        """
+        while self.spares and not env:
             agent = self.spares.pop(0)
             if agent.alive:
                 self.tg.start_soon(self._add_spare)
                 return agent, SetupTimings("spare")
-        agent = await self.spawn_agent(cwd)
+        agent = await self.spawn_agent(cwd, env)
         return agent, SetupTimings("cold", cli_ready_ms=agent.cli_ready_ms)
+
+    def process_env(self, client: ClientConnection | None) -> dict[str, str]:
+        """The per-process variables a client brought (see ``Config.per_process_env``)."""
+        if client is None:
+            return {}
+        wanted = self.config.per_process_env
+        return {name: value for name, value in client.env.items() if name in wanted}
 
     async def ensure_agent_info(self) -> dict[str, Any]:
         """The agent command's ``initialize`` result, spawning a spare to learn it if needed."""
@@ -217,10 +236,33 @@ class Proxy:
         try:
             await handler(client, req)
         except ProtocolError as exc:
+            if self.config.client_profile == "open-design" and _is_lost_session(req, exc):
+                # The daemon drops its handle on resume_failed and re-runs the turn with its
+                # own transcript on a new session.
+                client.send_error(
+                    req.id,
+                    INVALID_REQUEST,
+                    "the resumed session could not be loaded",
+                    {
+                        "kind": "resume_failed",
+                        "phase": "session_load" if req.method != "session/prompt" else "prompt",
+                        "retryable": True,
+                        "reason": exc.message,
+                    },
+                )
+                return
             client.send_error(req.id, exc.code, exc.message, exc.data)
 
     def _handle_notification(self, client: ClientConnection, msg: Notification) -> None:
-        if msg.method == "session/cancel":
+        if msg.method == ENV_METHOD:
+            try:
+                env = msgspec.json.decode(msg.params, type=_EnvParams).env
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                client.log.warning("client.bad_env_notification")
+                return
+            client.env = env
+            client.log.info("client.env", names=sorted(env))
+        elif msg.method == "session/cancel":
             session = self.sessions.get(self._session_id(msg.params) or "")
             if session is not None:
                 session.cancel_turn()
@@ -251,7 +293,9 @@ class Proxy:
         except ProtocolError:
             return None
 
-    async def _ready_session(self, params: Raw, *, check_cwd: bool = False) -> Session:
+    async def _ready_session(
+        self, params: Raw, client: ClientConnection | None = None, *, check_cwd: bool = False
+    ) -> Session:
         """The session named in ``params``, with a live agent (restored if it was gone).
 
         Raises:
@@ -273,6 +317,17 @@ class Proxy:
                 INVALID_PARAMS,
                 {"sessionId": sid, "cwd": session.record.cwd},
             )
+        env = self.process_env(client)
+        if session.live and env and env != session.env and session.turn is None:
+            # The agent process runs under another turn's billing/tracing values: restart it
+            # through the restore ladder rather than bill this turn to the previous one.
+            session.log.info("session.env_changed", names=sorted(env))
+            agent = session.agent
+            assert agent is not None
+            agent.stop()
+            await agent.exited.wait()
+        if env:
+            session.env = env
         if not session.live:
             async with session.lock:
                 if not session.live:
@@ -349,7 +404,8 @@ class Proxy:
                 'Invalid params: session/new needs "cwd", an absolute path', INVALID_PARAMS
             )
         received = time.monotonic()
-        agent, setup = await self.acquire_agent(cwd)
+        env = self.process_env(client)
+        agent, setup = await self.acquire_agent(cwd, env)
         now = time.time()
         record = SessionRecord(
             id="sess_" + secrets.token_hex(16),  # 128 random bits, minted by the proxy
@@ -364,7 +420,7 @@ class Proxy:
             created_at=now,
             updated_at=now,
         )
-        session = Session(self, record)
+        session = Session(self, record, env=env)
         session.held = []  # early updates wait until the client has the session id
         await self.store.commit([PutSession(record)])
         agent.handler = session
@@ -414,6 +470,8 @@ class Proxy:
             setup_ms=round((time.monotonic() - received) * 1000, 3),
         )
         result["sessionId"] = record.id
+        if self.config.client_profile == "open-design":
+            result["openCodeSessionId"] = record.id  # the durable handle the daemon stores
         session.attach(client)
         client.send_response(req.id, result)
         session.release_held()
@@ -434,9 +492,15 @@ class Proxy:
 
     async def _attach(self, client: ClientConnection, req: Request, *, replay: bool) -> None:
         started = time.monotonic()
-        session = await self._ready_session(req.params, check_cwd=True)
+        session = await self._ready_session(req.params, client, check_cwd=True)
+        state = self._session_state(session)
+        if self.config.client_profile == "open-design":
+            # This daemon treats any update before its prompt as new output: no replay, and
+            # the result names the session (it fails the run otherwise).
+            replay = False
+            state["sessionId"] = state["openCodeSessionId"] = Raw(_encoder.encode(session.id))
         await session.replay_to(client, replay=replay)
-        client.send_response(req.id, _encoder.encode(self._session_state(session)))
+        client.send_response(req.id, _encoder.encode(state))
         session.release_held()
         session.log.info(
             "session.attached",
@@ -447,7 +511,7 @@ class Proxy:
 
     async def _session_prompt(self, client: ClientConnection, req: Request) -> None:
         received = time.monotonic()
-        session = await self._ready_session(req.params)
+        session = await self._ready_session(req.params, client)
         if session.turn is not None:
             raise LocalProtocolError(
                 f"session {session.id} is already running turn {session.turn.seq}; one prompt "
@@ -497,7 +561,7 @@ class Proxy:
                 "by params.sessionId, and this one has none)",
                 METHOD_NOT_FOUND,
             )
-        session = await self._ready_session(req.params)
+        session = await self._ready_session(req.params, client)
         agent = session.agent
         assert agent is not None and session.upstream_id is not None
         params = rewrite_members(object_members(req.params), sessionId=session.upstream_id)
@@ -627,3 +691,10 @@ class Proxy:
 def _usable_dir(cwd: str | None) -> str | None:
     """The session's cwd when it exists on this host (agents get it in ACP params anyway)."""
     return cwd if cwd is not None and os.path.isdir(cwd) else None
+
+
+def _is_lost_session(req: Request, exc: ProtocolError) -> bool:
+    """An unknown session, or one no rung of the restore ladder could bring back."""
+    return req.method in ("session/load", "session/resume", "session/prompt") and (
+        exc.code == RESOURCE_NOT_FOUND
+    )

@@ -150,7 +150,7 @@ async def restore_session(
     started = time.monotonic()
     if session.turn is None:
         await _settle_unfinished_turn(proxy, session)
-    agent, setup = await proxy.acquire_agent(session.record.cwd)
+    agent, setup = await proxy.acquire_agent(session.record.cwd, session.env)
     agent.handler = session
     session.agent = agent
     params = _bind_params(session, mcp_servers, additional_directories)

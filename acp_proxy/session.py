@@ -130,6 +130,8 @@ class Session:
     #: history block for the first prompt after a restore onto a brand new agent session
     seed: dict[str, Any] | None = None
     lock: anyio.Lock = field(default_factory=anyio.Lock)
+    #: per-process environment values the agent runs with (``Config.per_process_env``)
+    env: dict[str, str] = field(default_factory=dict)
     turns_completed: int = 0
     updates_recorded: int = 0
     created_mono: float = field(default_factory=time.monotonic)

@@ -29,7 +29,9 @@ Per-turn overrides: when the first prompt block is a text block ``fake:{json obj
 text allowed), its keys override the * knobs for that turn: chunks, chunk_size, thoughts,
 tool_calls, plan, permission, fs_read, crash_after, hang, first_token_delay, chunk_delay, and
 ``text``, which replaces the filler of the message chunks (split into ``chunks`` pieces). The
-block still counts as the user's message. Unknown keys or bad values answer -32602.
+key ``script`` (an array of SessionUpdate objects) makes the turn emit those updates verbatim, in
+order, instead of its plan, thoughts, tool calls and message chunks; the summary chunk follows.
+The block still counts as the user's message. Unknown keys or bad values answer -32602.
 
 Turn sequence: plan? -> thoughts -> per tool call [permission request?, tool_call, updates] -> fs
 request? -> message chunks -> (hang?) -> summary chunk -> ``{"stopReason":"end_turn","usage":...}``.
@@ -118,6 +120,7 @@ class Knobs:
     first_token_delay: float = 0.0
     chunk_delay: float = 0.0
     text: str | None = None
+    script: list[dict[str, Any]] | None = None
 
     def override(self, directive: dict[str, Any]) -> Knobs:
         """Return a copy with ``directive``'s keys applied (RpcError -32602 on a bad key/value)."""
@@ -131,6 +134,13 @@ class Knobs:
                 or (kind == "bool" and type(value) is bool)
                 or (kind == "str | None" and (value is None or isinstance(value, str)))
                 or (kind == "int | None" and (value is None or (type(value) is int and value >= 0)))
+                or (
+                    kind == "list[dict[str, Any]] | None"
+                    and (
+                        value is None
+                        or (type(value) is list and all(type(u) is dict for u in value))
+                    )
+                )
             )
             if not ok:
                 raise RpcError(INVALID_PARAMS, f"bad fake directive {key}={value!r}")
@@ -275,6 +285,11 @@ class Turn:
         self._maybe_crash()
         if k.first_token_delay > 0:
             await asyncio.sleep(k.first_token_delay)
+        if k.script is not None:
+            # Given updates, sent as they are instead of plan, thoughts, tool calls and chunks.
+            for update in k.script:
+                await self.emit(update)
+            k = dataclasses.replace(k, plan=False, thoughts=0, tool_calls=0, chunks=0, text=None)
         if k.plan:
             await self.emit(
                 {

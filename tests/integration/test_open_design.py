@@ -1,0 +1,204 @@
+"""The open-design daemon's exact contract, emulated: a new bridge process per turn."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import trio
+
+from acp_proxy.testing.client import AcpClient
+from acp_proxy.testing.proxy_process import ProxyHandle
+
+from .conftest import proxy, summary
+
+pytestmark = pytest.mark.trio
+
+ENTRY = ["agent", "run", "--runtime", "opencode"]
+
+
+def bridge_command(p: ProxyHandle, real_binary: str, *args: str) -> list[str]:
+    """What an operator installs as VELA_BIN (the one-line wrapper of the README)."""
+    return [
+        sys.executable, "-m", "acp_proxy", "attach", "--socket", p.socket,
+        "--real-binary", real_binary, "--acp-argv", " ".join(ENTRY),
+        "--forward-env", "OPEN_DESIGN_RUN_ID,OPEN_DESIGN_WORKSPACE_ID", "--", *args,
+    ]  # fmt: skip
+
+
+@asynccontextmanager
+async def daemon_turn(p: ProxyHandle, real: str, env: dict[str, str]) -> AsyncIterator[AcpClient]:
+    """One run of the daemon: spawn the bridge detached, talk ACP, then close stdin and
+    SIGTERM the whole process group 500 ms later, as open-design does after every turn."""
+    process = await anyio.open_process(
+        bridge_command(p, real, *ENTRY),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
+        start_new_session=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    c = AcpClient(process.stdout, process.stdin)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(c._read)
+            await c.request(
+                "initialize",
+                {
+                    "protocolVersion": 1,
+                    "clientCapabilities": {"terminal": False},
+                    "clientInfo": {"name": "open-design", "version": "runtime-adapter"},
+                },
+            )
+            yield c
+            await process.stdin.aclose()
+            await trio.sleep(0.5)
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            tg.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(5):
+                await process.wait()
+            if process.returncode is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.aclose()
+
+
+async def run_turn(c: AcpClient, handle: str | None, cwd: str, text: str) -> tuple[str, Any]:
+    """First turn: session/new; later turns: session/load without mcpServers. Then model and
+    prompt. Returns the handle and the prompt reply."""
+    if handle is None:
+        result = (await c.request("session/new", {"cwd": cwd, "mcpServers": []})).unwrap()
+        assert result["openCodeSessionId"] == result["sessionId"]
+        handle = result["openCodeSessionId"]
+    else:
+        loaded = await c.request("session/load", {"sessionId": handle, "cwd": cwd})
+        result = loaded.unwrap("session/load")
+        assert result["sessionId"] == handle and result["openCodeSessionId"] == handle
+        assert loaded.notifications == []  # no replay: the daemon would render it as new output
+    model = await c.request(
+        "session/set_config_option",
+        {"sessionId": handle, "configId": "model", "value": "fake/echo-2"},
+    )
+    assert model.error is None
+    reply = await c.prompt(handle, text)
+    return handle, reply
+
+
+@pytest.fixture
+def real_binary(tmp: Path) -> str:
+    """Stands in for the closed-source vela binary: prints its argv, exits 7."""
+    path = tmp / "vela"
+    path.write_text('#!/bin/sh\necho "vela $*"\nexit 7\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+async def test_ten_turns_one_agent_no_replay(tmp: Path, real_binary: str) -> None:
+    """Ten daemon runs, each a new bridge killed after its turn, reach one agent process."""
+    env = {"OPEN_DESIGN_WORKSPACE_ID": "ws1"}
+    extra = ("--client-profile", "open-design", "--per-process-env", "OPEN_DESIGN_WORKSPACE_ID")
+    async with proxy(tmp, "--state-dir", str(tmp / "state"), extra_args=extra) as p:
+        handle = None
+        pids = set()
+        for turn in range(10):
+            run_env = {**env, "OPEN_DESIGN_RUN_ID": f"run{turn}"}
+            async with daemon_turn(p, real_binary, run_env) as c:
+                handle, reply = await run_turn(c, handle, str(tmp), f"turn {turn}")
+                assert reply.error is None, reply.error
+                assert reply.result["usage"]["inputTokens"] > 0  # the agent's usage, as sent
+                assert f"holds {turn} earlier turns" in summary(reply.updates())
+                state = (await c.request("_fake/state", {"sessionId": handle})).unwrap()
+                pids.add(state["pid"])
+                assert state["initializeCount"] == 1
+                meta = reply.result["_meta"]["acp-proxy"]
+                assert meta["agent"] == ("cold" if turn == 0 else "warm")
+        assert len(pids) == 1
+
+
+async def test_cancel_as_a_request_is_answered(tmp: Path, real_binary: str) -> None:
+    """``session/cancel`` sent with an id is honoured and answered; the prompt ends cancelled."""
+    profile = ("--client-profile", "open-design")
+    async with proxy(tmp, extra_args=profile) as p, daemon_turn(p, real_binary, {}) as c:
+        new = await c.request("session/new", {"cwd": str(tmp), "mcpServers": []})
+        handle = new.unwrap()["sessionId"]
+        ident = c.start_request("session/prompt", None)
+        await c.send(
+            {
+                "jsonrpc": "2.0",
+                "id": ident,
+                "method": "session/prompt",
+                "params": {
+                    "sessionId": handle,
+                    "prompt": [{"type": "text", "text": 'fake:{"hang": true}'}],
+                },
+            }
+        )
+        await c.wait_for(lambda m: m.get("method") == "session/update")
+        cancel = await c.request("session/cancel", {"sessionId": handle})
+        assert cancel.error is None
+        with trio.fail_after(5):
+            assert (await c.wait_reply(ident)).result["stopReason"] == "cancelled"
+
+
+async def test_lost_session_is_resume_failed(tmp: Path, real_binary: str) -> None:
+    """A session whose state is gone answers the daemon's resume_failed error."""
+    async with proxy(tmp, extra_args=("--client-profile", "open-design")) as p:
+        async with daemon_turn(p, real_binary, {}) as c:
+            handle, _ = await run_turn(c, None, str(tmp), "hello")
+            assert (await c.request("session/delete", {"sessionId": handle})).error is None
+        async with daemon_turn(p, real_binary, {}) as c:
+            for method in ("session/load", "session/prompt"):
+                reply = await c.request(
+                    method, {"sessionId": handle, "cwd": str(tmp), "prompt": []}
+                )
+                assert reply.error["code"] == -32600, method
+                assert reply.error["message"] == "the resumed session could not be loaded"
+                assert reply.error["data"]["kind"] == "resume_failed"
+                assert reply.error["data"]["retryable"] is True
+
+
+async def test_per_process_variable_change_restarts_the_agent(tmp: Path, real_binary: str) -> None:
+    """A new workspace id restarts the agent (restored, context kept); a new run id alone does
+    not, since only the workspace is declared per-process."""
+    extra = ("--client-profile", "open-design", "--per-process-env", "OPEN_DESIGN_WORKSPACE_ID")
+    async with proxy(tmp, "--state-dir", str(tmp / "state"), extra_args=extra) as p:
+        handle = None
+        seen = []
+        for turn, workspace in enumerate(["ws1", "ws1", "ws2", "ws2"]):
+            env = {"OPEN_DESIGN_WORKSPACE_ID": workspace, "OPEN_DESIGN_RUN_ID": f"r{turn}"}
+            async with daemon_turn(p, real_binary, env) as c:
+                handle, reply = await run_turn(c, handle, str(tmp), f"turn {turn}")
+                assert f"holds {turn} earlier turns" in summary(reply.updates())
+                state = (await c.request("_fake/state", {"sessionId": handle})).unwrap()
+                seen.append(
+                    (
+                        state["pid"],
+                        state["env"].get("OPEN_DESIGN_WORKSPACE_ID"),
+                        reply.result["_meta"]["acp-proxy"]["agent"],
+                    )
+                )
+        assert [s[1] for s in seen] == ["ws1", "ws1", "ws2", "ws2"]
+        assert [s[2] for s in seen] == ["cold", "warm", "restored:resume", "warm"]
+        assert seen[0][0] == seen[1][0] != seen[2][0] == seen[3][0]
+
+
+async def test_non_acp_invocations_go_to_the_real_binary(tmp: Path, real_binary: str) -> None:
+    """``--version``, ``model list …`` run the real binary: same argv, output and exit code."""
+    async with proxy(tmp) as p:
+        for args in (["--version"], ["model", "list", "--all", "--format", "json"]):
+            result = await trio.run_process(
+                bridge_command(p, real_binary, *args), capture_stdout=True, check=False
+            )
+            assert result.returncode == 7
+            assert result.stdout == f"vela {' '.join(args)}\n".encode()
