@@ -64,6 +64,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: Bytes queued to one client before it counts as stuck and is disconnected. A slow client
     #: must not stall its agent or the recording (the turn goes on without it).
     client_outbox_bytes: int = 256 * 1024 * 1024
+    #: An agent whose session saw no activity for this long is stopped (never mid-turn, never
+    #: with a request pending); the conversation comes back through the restore ladder on next
+    #: use. Peers found 100 ms-5 s TTLs made every message respawn (openclaw #39724, #66389);
+    #: 30 min keeps a human's pauses warm. 0 disables.
+    idle_timeout_s: float = 1800.0
+    #: Live agent processes kept at most (spares not counted); the least recently used idle
+    #: one is stopped to make room. Each agent costs 100-400 MB (opencode ~250-380 MB).
+    max_live_agents: int = 32
     #: How the proxy answers clients: ``standard`` ACP, or ``open-design`` for daemons that
     #: cannot take a replay (load answers sessionId/openCodeSessionId and replays nothing; a
     #: session that cannot be restored is an error with ``data.kind = "resume_failed"``).
@@ -104,4 +112,6 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config
         raise ConfigError("no agent command: put it after `--`, e.g. `-- opencode acp`")
     if config.warm_spares < 0 or config.kill_grace_s < 0 or config.max_line_bytes < 1024:
         raise ConfigError("warm_spares and kill_grace_s must be >= 0, max_line_bytes >= 1024")
+    if config.idle_timeout_s < 0 or config.max_live_agents < 1:
+        raise ConfigError("idle_timeout_s must be >= 0 and max_live_agents >= 1")
     return config

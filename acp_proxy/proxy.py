@@ -104,6 +104,51 @@ class Proxy:
 
     # -- agents ------------------------------------------------------------------------------
 
+    async def run_reaper(self) -> None:
+        """Stop agents idle for longer than ``idle_timeout_s`` (bounded loop: runs until the
+        proxy's task group is cancelled)."""
+        ttl = self.config.idle_timeout_s
+        if ttl <= 0:
+            return
+        while True:
+            await anyio.sleep(min(max(ttl / 4, 0.05), 30.0))
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if session.evictable and now - session.last_active >= ttl:
+                    self.evict(session, "idle")
+
+    def evict(self, session: Session, reason: str) -> None:
+        """Stop the agent of an idle session; it is restored on next use."""
+        agent = session.agent
+        assert agent is not None
+        # Not live from now on: a request arriving while it shuts down restores the session
+        # (after it has exited: some agents lock a session to one process).
+        session.agent, session.retiring = None, agent
+        session.log.info(
+            "session.evicted",
+            reason=reason,
+            idle_s=round(time.monotonic() - session.last_active, 3),
+            agent_pid=agent.pid,
+        )
+        agent.stop()
+
+    def make_room(self) -> None:
+        """Before a session gets an agent: stop least recently used idle ones over the cap."""
+        live = [s for s in self.sessions.values() if s.live]
+        excess = len(live) + 1 - self.config.max_live_agents
+        if excess <= 0:
+            return
+        idle = sorted((s for s in live if s.evictable), key=lambda s: s.last_active)
+        for session in idle[:excess]:
+            self.evict(session, "max_live_agents")
+        if excess > len(idle):
+            self.log.warning(
+                "agents.over_cap",
+                live=len(live),
+                cap=self.config.max_live_agents,
+                hint="every live agent is busy; raise max_live_agents or add memory",
+            )
+
     def start_spares(self) -> None:
         """Pre-spawn the configured number of warm spare agents."""
         for _ in range(self.config.warm_spares):
@@ -179,6 +224,7 @@ class Proxy:
         Spares run with the proxy's own environment: a session that needs per-process values
         (``env``) gets a fresh agent.
         """
+        self.make_room()
         while self.spares and not env:
             agent = self.spares.pop(0)
             if agent.alive:

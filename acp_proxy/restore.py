@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import msgspec
 from msgspec import Raw
 
@@ -148,6 +149,11 @@ async def restore_session(
             ``restore_failed``.
     """
     started = time.monotonic()
+    retiring, session.retiring = session.retiring, None
+    if retiring is not None:
+        # Some agents hold a session in one process at a time (acp-notes §10).
+        with anyio.move_on_after(3 * proxy.config.kill_grace_s + 1):
+            await retiring.exited.wait()
     if session.turn is None:
         await _settle_unfinished_turn(proxy, session)
     agent, setup = await proxy.acquire_agent(session.record.cwd, session.env)

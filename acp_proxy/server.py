@@ -76,6 +76,7 @@ async def serve(config: Config) -> None:
 
                 tg.start_soon(listener.serve, handle, tg)
                 proxy.start_spares()
+                tg.start_soon(proxy.run_reaper)
                 log.info(
                     "ready",
                     socket=str(path),

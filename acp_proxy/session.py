@@ -117,6 +117,8 @@ class Session:
     delivered_seq: int = 0  #: highest event sequence number delivered (so: committed)
     turn_seq: int = 0
     agent: AgentProcess | None = None
+    #: an agent being stopped (evicted); a restore waits for it to be gone
+    retiring: AgentProcess | None = None
     upstream_id: str | None = None
     client: ClientConnection | None = None
     turn: Turn | None = None
@@ -135,6 +137,8 @@ class Session:
     turns_completed: int = 0
     updates_recorded: int = 0
     created_mono: float = field(default_factory=time.monotonic)
+    #: monotonic time of the last client request or agent output: what idle eviction reads
+    last_active: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.log = get_logger(session_id=self.record.id)
@@ -143,6 +147,23 @@ class Session:
     def id(self) -> str:
         """The proxy's session id."""
         return self.record.id
+
+    def touch(self) -> None:
+        """Record activity (idle eviction counts only real work)."""
+        self.last_active = time.monotonic()
+
+    @property
+    def evictable(self) -> bool:
+        """Live, idle: no turn, nothing pending either way, no restore in progress."""
+        agent = self.agent
+        return (
+            self.live
+            and agent is not None
+            and self.turn is None
+            and agent.pending_requests == 0
+            and not self.forwarded
+            and not self.lock.locked()
+        )
 
     @property
     def live(self) -> bool:
@@ -187,6 +208,7 @@ class Session:
             self.log.warning("agent.bad_update_params")
             return
         payload = rewrite_members(members, sessionId=self.id)
+        self.last_active = time.monotonic()
         update = members.get("update")
         kind = update_kind(update) if update is not None else ""
         self.last_seq += 1
@@ -334,6 +356,7 @@ class Session:
 
     def attach(self, client: ClientConnection) -> None:
         """Make ``client`` the one that receives this session's live output."""
+        self.touch()
         previous = self.client
         if previous is client:
             return
@@ -474,7 +497,7 @@ class Session:
         if turn is None:
             return
         self.turn = None
-        now = time.monotonic()
+        now = self.last_active = time.monotonic()
         turn.client.inflight.pop(turn.client_id, None)
         stop_reason: str | None = None
         usage: bytes | None = None
