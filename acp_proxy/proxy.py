@@ -29,6 +29,7 @@ from .attach import ENV_METHOD
 from .client import ClientConnection
 from .config import Config
 from .logs import get_logger
+from .pool import AgentPool, SetupTimings
 from .protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -48,9 +49,9 @@ from .protocol import (
     rewrite_members,
 )
 from .restore import restore_session
-from .session import Session, SetupTimings
+from .session import Session
 
-__all__ = ["AgentStartError", "Proxy"]
+__all__ = ["Proxy"]
 
 _encoder: Final = msgspec.json.Encoder()
 _decoder: Final = msgspec.json.Decoder()
@@ -66,10 +67,6 @@ class _EnvParams(msgspec.Struct):
     env: dict[str, str]
 
 
-class AgentStartError(LocalProtocolError):
-    """The agent could not be started or did not complete ``initialize``."""
-
-
 class Proxy:
     """Everything the proxy knows; one per ``serve``."""
 
@@ -78,9 +75,7 @@ class Proxy:
         self.store = store
         self.tg = tg
         self.sessions: dict[str, Session] = {}
-        self.spares: list[AgentProcess] = []
-        self.agent_info: dict[str, Any] | None = None
-        self._info_lock = anyio.Lock()
+        self.pool = AgentPool(config, tg, store.commit)
         self._clients = 0
         self.log = get_logger(component="proxy")
         self._requests: dict[str, Handler] = {
@@ -100,7 +95,6 @@ class Proxy:
         }
         #: Slow handlers (they may spawn an agent) run beside the connection's reader.
         self._background: frozenset[str] = frozenset({"session/new", "authenticate"})
-        self._auth_params: Raw | None = None
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -149,89 +143,12 @@ class Proxy:
                 hint="every live agent is busy; raise max_live_agents or add memory",
             )
 
-    def start_spares(self) -> None:
-        """Pre-spawn the configured number of warm spare agents."""
-        for _ in range(self.config.warm_spares):
-            self.tg.start_soon(self._add_spare)
-
-    async def _add_spare(self) -> None:
-        try:
-            agent = await self.spawn_agent(None)
-        except AgentStartError as exc:
-            self.log.error("agent.spare_failed", error=exc.message, data=exc.data)
-            return
-        self.spares.append(agent)
-
-    async def spawn_agent(self, cwd: str | None, env: dict[str, str] | None = None) -> AgentProcess:
-        """Spawn the agent command (``env`` added to ours) and complete ``initialize``.
-
-        Raises:
-            AgentStartError: it could not be started, exited, erred or timed out.
-        """
-        config = self.config
-        agent = AgentProcess(
-            config.agent_command,
-            cwd=_usable_dir(cwd),
-            env={**os.environ, **env} if env else None,
-            commit=self.store.commit,
-            max_line_bytes=config.max_line_bytes,
-            kill_grace_s=config.kill_grace_s,
-        )
-        command = " ".join(config.agent_command)
-        try:
-            await self.tg.start(agent.run)
-        except OSError as exc:
-            raise AgentStartError(
-                f"cannot start the agent `{command}`: {exc}; check the command after `--`",
-                INTERNAL_ERROR,
-                {"kind": "agent_spawn_failed", "command": config.agent_command},
-            ) from None
-        try:
-            with anyio.fail_after(config.agent_start_timeout_s):
-                await agent.initialize(config.client_capabilities)
-                if self._auth_params is not None:
-                    await agent.call("authenticate", self._auth_params)
-        except TimeoutError:
-            agent.stop()
-            raise AgentStartError(
-                f"the agent `{command}` did not answer initialize within "
-                f"{config.agent_start_timeout_s} s; is it an ACP agent on stdio?",
-                INTERNAL_ERROR,
-                {"kind": "agent_start_timeout"},
-            ) from None
-        except AgentExited as exc:
-            raise AgentStartError(
-                f"the agent `{command}` failed to start: {exc}",
-                INTERNAL_ERROR,
-                {**exc.info.as_data(), "kind": "agent_start_failed"},
-            ) from None
-        except AgentError as exc:
-            agent.stop()
-            raise AgentStartError(
-                f"the agent `{command}` refused initialize: {exc}",
-                INTERNAL_ERROR,
-                {"kind": "agent_start_failed"},
-            ) from None
-        if self.agent_info is None:
-            self.agent_info = agent.initialize_result
-        return agent
-
     async def acquire_agent(
         self, cwd: str, env: dict[str, str] | None = None
     ) -> tuple[AgentProcess, SetupTimings]:
-        """A warm spare if one is ready (then a replacement is started), else a fresh agent.
-
-        Spares run with the proxy's own environment: a session that needs per-process values
-        (``env``) gets a fresh agent.
-        """
+        """An initialized agent for a conversation, within ``max_live_agents``."""
         self.make_room()
-        while self.spares and not env:
-            agent = self.spares.pop(0)
-            if agent.alive:
-                self.tg.start_soon(self._add_spare)
-                return agent, SetupTimings("spare")
-        agent = await self.spawn_agent(cwd, env)
-        return agent, SetupTimings("cold", cli_ready_ms=agent.cli_ready_ms)
+        return await self.pool.acquire(cwd, env)
 
     def process_env(self, client: ClientConnection | None) -> dict[str, str]:
         """The per-process variables a client brought (see ``Config.per_process_env``)."""
@@ -239,14 +156,6 @@ class Proxy:
             return {}
         wanted = self.config.per_process_env
         return {name: value for name, value in client.env.items() if name in wanted}
-
-    async def ensure_agent_info(self) -> dict[str, Any]:
-        """The agent command's ``initialize`` result, spawning a spare to learn it if needed."""
-        async with self._info_lock:
-            if self.agent_info is None:
-                self.spares.append(await self.spawn_agent(None))
-            assert self.agent_info is not None
-            return self.agent_info
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -406,7 +315,7 @@ class Proxy:
     # -- handlers ----------------------------------------------------------------------------
 
     async def _initialize(self, client: ClientConnection, req: Request) -> None:
-        info = await self.ensure_agent_info()
+        info = await self.pool.ensure_agent_info()
         caps = dict(info.get("agentCapabilities") or {})
         agent_session_caps = caps.get("sessionCapabilities")
         session_caps: dict[str, Any] = {
@@ -429,17 +338,15 @@ class Proxy:
         client.send_response(req.id, result)
 
     async def _authenticate(self, client: ClientConnection, req: Request) -> None:
-        await self.ensure_agent_info()
-        agent = next((a for a in self.spares if a.alive), None) or await self.spawn_agent(None)
+        agent = await self.pool.any_agent()
         try:
             result = await agent.call("authenticate", req.params)
         except AgentError as exc:
             client.send_error(req.id, exc.reply.code, exc.reply.message, raw=exc.reply.error)
             return
-        # Every agent spawned from now on authenticates the same way.
-        self._auth_params = req.params
-        if agent not in self.spares:
-            self.spares.append(agent)
+        # Every agent spawned from now on authenticates the same way. (Agents already serving
+        # a conversation were started with whatever credentials they found.)
+        self.pool.auth_params = req.params
         client.send_response(req.id, result)
 
     async def _session_new(self, client: ClientConnection, req: Request) -> None:
@@ -479,7 +386,7 @@ class Proxy:
             agent.handler = UNBOUND
             if isinstance(exc, AgentError):
                 if agent.alive:
-                    self.spares.append(agent)
+                    self.pool.spares.append(agent)
                 client.send_error(req.id, exc.reply.code, exc.reply.message, raw=exc.reply.error)
             else:
                 client.send_error(
@@ -730,13 +637,7 @@ class Proxy:
             self.log_session(session, "session.stopped")
             if session.agent is not None:
                 session.agent.stop()
-        for agent in self.spares:
-            agent.stop()
-
-
-def _usable_dir(cwd: str | None) -> str | None:
-    """The session's cwd when it exists on this host (agents get it in ACP params anyway)."""
-    return cwd if cwd is not None and os.path.isdir(cwd) else None
+        self.pool.stop()
 
 
 def _is_lost_session(req: Request, exc: ProtocolError) -> bool:

@@ -27,8 +27,9 @@ from msgspec import Raw
 from store import FinishTurn, UpdateSession
 
 from .agent import AgentError, AgentExited, AgentProcess
+from .pool import SetupTimings
 from .protocol import RESOURCE_NOT_FOUND, LocalProtocolError
-from .session import Session, SetupTimings
+from .session import Session
 from .transcript import seed_block
 
 if TYPE_CHECKING:

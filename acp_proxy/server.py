@@ -75,7 +75,7 @@ async def serve(config: Config) -> None:
                         log.exception("client.crashed")
 
                 tg.start_soon(listener.serve, handle, tg)
-                proxy.start_spares()
+                proxy.pool.start_spares()
                 tg.start_soon(proxy.run_reaper)
                 log.info(
                     "ready",

@@ -33,6 +33,7 @@ from store import AppendEvent, FinishTurn, SessionRecord, StartTurn, UpdateSessi
 
 from .agent import AgentProcess, Batch
 from .logs import get_logger
+from .pool import SetupTimings
 from .protocol import (
     AGENT_EXITED,
     INTERNAL_ERROR,
@@ -96,15 +97,6 @@ class ForwardedRequest:
     params: Raw
     client: ClientConnection
     client_id: int
-
-
-@dataclass
-class SetupTimings:
-    """How the agent behind a session was obtained, reported on the next turn."""
-
-    agent: str = "warm"
-    cli_ready_ms: float = 0.0
-    session_init_ms: float = 0.0
 
 
 @dataclass(eq=False)

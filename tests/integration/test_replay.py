@@ -63,7 +63,11 @@ async def test_replay_preserves_unknown_fields_and_meta(tmp: Path) -> None:
             loaded = await c2.request(
                 "session/load", {"sessionId": sid, "cwd": str(tmp), "mcpServers": []}
             )
-        user = [n["params"]["update"] for n in loaded.notifications][1]
+        [user] = [
+            n["params"]["update"]
+            for n in loaded.notifications
+            if n["params"]["update"]["sessionUpdate"] == "user_message_chunk"
+        ]
         assert user == {"sessionUpdate": "user_message_chunk", "content": block}
         stored = db_rows(p.db, "SELECT payload FROM events WHERE kind = 'user_message_chunk'")
         assert json.loads(stored[0][0])["update"]["content"] == block

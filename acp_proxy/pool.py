@@ -1,0 +1,169 @@
+"""Agent processes before they serve a conversation: spawning, warm spares, capabilities.
+
+Every agent is spawned in the proxy's task group (never a client's), initialized once with
+the fixed client capability set, and, if a client authenticated, authenticated the same way.
+Warm spares hide the agent's start-up (≈1.5 s for opencode) from ``session/new`` and give a
+client's ``initialize`` the agent command's capabilities.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from msgspec import Raw
+
+from .agent import AgentError, AgentExited, AgentProcess
+from .config import Config
+from .logs import get_logger
+from .protocol import INTERNAL_ERROR, LocalProtocolError
+
+__all__ = ["AgentPool", "AgentStartError", "SetupTimings"]
+
+
+class AgentStartError(LocalProtocolError):
+    """The agent could not be started or did not complete ``initialize``."""
+
+
+@dataclass
+class SetupTimings:
+    """How the agent behind a session was obtained, reported on the next turn."""
+
+    agent: str = "warm"  #: ``warm`` | ``spare`` | ``cold`` | ``restored:<rung>``
+    cli_ready_ms: float = 0.0
+    session_init_ms: float = 0.0
+
+
+class AgentPool:
+    """Spawns agents and keeps ``warm_spares`` of them ready."""
+
+    def __init__(
+        self,
+        config: Config,
+        tg: TaskGroup,
+        commit: Callable[[list[Any]], Awaitable[None]],
+    ) -> None:
+        self.config = config
+        self.tg = tg
+        self._commit = commit
+        self.spares: list[AgentProcess] = []
+        #: the agent command's ``initialize`` result, learnt from the first agent started
+        self.agent_info: dict[str, Any] | None = None
+        self._info_lock = anyio.Lock()
+        #: ``authenticate`` params a client used; replayed on every agent spawned later
+        self.auth_params: Raw | None = None
+        self.log = get_logger(component="pool")
+
+    def start_spares(self) -> None:
+        """Pre-spawn the configured number of warm spare agents."""
+        for _ in range(self.config.warm_spares):
+            self.tg.start_soon(self._add_spare)
+
+    async def _add_spare(self) -> None:
+        try:
+            agent = await self.spawn(None)
+        except AgentStartError as exc:
+            self.log.error("agent.spare_failed", error=exc.message, data=exc.data)
+            return
+        self.spares.append(agent)
+
+    async def spawn(self, cwd: str | None, env: dict[str, str] | None = None) -> AgentProcess:
+        """Spawn the agent command (``env`` added to ours) and complete ``initialize``.
+
+        Raises:
+            AgentStartError: it could not be started, exited, erred or timed out.
+        """
+        config = self.config
+        agent = AgentProcess(
+            config.agent_command,
+            cwd=_usable_dir(cwd),
+            env={**os.environ, **env} if env else None,
+            commit=self._commit,
+            max_line_bytes=config.max_line_bytes,
+            kill_grace_s=config.kill_grace_s,
+        )
+        command = " ".join(config.agent_command)
+        try:
+            await self.tg.start(agent.run)
+        except OSError as exc:
+            raise AgentStartError(
+                f"cannot start the agent `{command}`: {exc}; check the command after `--`",
+                INTERNAL_ERROR,
+                {"kind": "agent_spawn_failed", "command": config.agent_command},
+            ) from None
+        try:
+            with anyio.fail_after(config.agent_start_timeout_s):
+                await agent.initialize(config.client_capabilities)
+                if self.auth_params is not None:
+                    await agent.call("authenticate", self.auth_params)
+        except TimeoutError:
+            agent.stop()
+            raise AgentStartError(
+                f"the agent `{command}` did not answer initialize within "
+                f"{config.agent_start_timeout_s} s; is it an ACP agent on stdio?",
+                INTERNAL_ERROR,
+                {"kind": "agent_start_timeout"},
+            ) from None
+        except AgentExited as exc:
+            raise AgentStartError(
+                f"the agent `{command}` failed to start: {exc}",
+                INTERNAL_ERROR,
+                {**exc.info.as_data(), "kind": "agent_start_failed"},
+            ) from None
+        except AgentError as exc:
+            agent.stop()
+            raise AgentStartError(
+                f"the agent `{command}` refused initialize: {exc}",
+                INTERNAL_ERROR,
+                {"kind": "agent_start_failed"},
+            ) from None
+        if self.agent_info is None:
+            self.agent_info = agent.initialize_result
+        return agent
+
+    async def acquire(
+        self, cwd: str, env: dict[str, str] | None = None
+    ) -> tuple[AgentProcess, SetupTimings]:
+        """A warm spare if one is ready (then a replacement is started), else a fresh agent.
+
+        Spares run with the proxy's own environment: a session that needs per-process values
+        (``env``) gets a fresh agent.
+        """
+        while self.spares and not env:
+            agent = self.spares.pop(0)
+            if agent.alive:
+                self.tg.start_soon(self._add_spare)
+                return agent, SetupTimings("spare")
+        agent = await self.spawn(cwd, env)
+        return agent, SetupTimings("cold", cli_ready_ms=agent.cli_ready_ms)
+
+    async def ensure_agent_info(self) -> dict[str, Any]:
+        """The agent command's ``initialize`` result, spawning a spare to learn it if needed."""
+        async with self._info_lock:
+            if self.agent_info is None:
+                self.spares.append(await self.spawn(None))
+            assert self.agent_info is not None
+            return self.agent_info
+
+    async def any_agent(self) -> AgentProcess:
+        """An initialized agent for connection-level calls (``authenticate``): a spare."""
+        for agent in self.spares:
+            if agent.alive:
+                return agent
+        agent = await self.spawn(None)
+        self.spares.append(agent)
+        return agent
+
+    def stop(self) -> None:
+        """Stop every spare."""
+        for agent in self.spares:
+            agent.stop()
+
+
+def _usable_dir(cwd: str | None) -> str | None:
+    """The session's cwd when it exists on this host (agents get it in ACP params anyway)."""
+    return cwd if cwd is not None and os.path.isdir(cwd) else None
