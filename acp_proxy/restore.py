@@ -89,10 +89,11 @@ async def _rebind(
             {"kind": "restore_failed", "sessionId": session.id},
         )
     session.upstream_id = result["sessionId"]
-    updates = [
-        _decoder.decode(payload)["update"]
-        for payload in await proxy.store.event_payloads(session.id)
-    ]
+    updates = []
+    for payload in await proxy.store.event_payloads(session.id):
+        update = _decoder.decode(payload).get("update")
+        if isinstance(update, dict):
+            updates.append(update)
     session.seed = seed_block(session.id, updates, include_thoughts=proxy.config.seed_thoughts)
     if failures:
         session.log.info("restore.fell_back_to_new", failures=failures)
@@ -168,9 +169,11 @@ async def restore_session(
         agent.stop()
         session.agent = None
         raise
-    except (AgentError, AgentExited) as exc:
+    except Exception as exc:  # whatever went wrong, the client gets an answer, not silence
         agent.stop()
-        session.agent = None
+        session.agent = session.upstream_id = session.seed = None
+        if not isinstance(exc, AgentError | AgentExited):
+            session.log.exception("restore.crashed")
         raise RestoreFailed(
             f"session {session.id} could not be restored into a new agent process: {exc}",
             RESOURCE_NOT_FOUND,

@@ -34,9 +34,15 @@ SEED_HEADER: Final = "<acp-proxy:history"
 _encoder: Final = msgspec.json.Encoder()
 
 
-def _kind(update: dict[str, Any]) -> str:
-    kind = update.get("sessionUpdate")
+def _kind(update: Any) -> str:
+    kind = update.get("sessionUpdate") if isinstance(update, dict) else None
     return kind if isinstance(kind, str) else ""
+
+
+def _call_key(update: dict[str, Any]) -> Any:
+    """A hashable key for a tool call id (recorded streams are untrusted: any JSON)."""
+    ident = update.get("toolCallId")
+    return ident if isinstance(ident, str | int) else _encoder.encode(ident)
 
 
 def _is_plain_text(update: dict[str, Any]) -> bool:
@@ -87,11 +93,11 @@ def coalesce(updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
             plan, plan_at = update, len(out)
         elif out and _joinable(out[-1], update):
             out[-1]["content"]["text"] += update["content"]["text"]
-        elif kind == "tool_call_update" and update.get("toolCallId") in calls:
-            _patch_tool_call(calls[update["toolCallId"]], update)
+        elif kind == "tool_call_update" and _call_key(update) in calls:
+            _patch_tool_call(calls[_call_key(update)], update)
         else:
             if kind == "tool_call":
-                calls[update.get("toolCallId")] = update
+                calls[_call_key(update)] = update
             out.append(update)
     if plan is not None:
         out.insert(plan_at, plan)
@@ -118,16 +124,19 @@ def fold(updates: list[dict[str, Any]]) -> list[Any]:
         kind = _kind(update)
         plain = kind in _CHUNK_KINDS and _is_plain_text(update)
         last = items[-1] if items else None
-        key = (kind, update.get("messageId"))
-        if plain and isinstance(last, _Text) and (last.kind, last.message_id) == key:
+        if (
+            plain
+            and isinstance(last, _Text)
+            and (last.kind, last.message_id) == (kind, update.get("messageId"))
+        ):
             last.text += update["content"]["text"]
         elif plain:
             items.append(_Text(kind, update.get("messageId"), update["content"]["text"]))
         elif kind == "tool_call":
-            calls[update.get("toolCallId")] = call = dict(update)
+            calls[_call_key(update)] = call = dict(update)
             items.append(call)
-        elif kind == "tool_call_update" and update.get("toolCallId") in calls:
-            _patch_tool_call(calls[update["toolCallId"]], update)
+        elif kind == "tool_call_update" and _call_key(update) in calls:
+            _patch_tool_call(calls[_call_key(update)], update)
         elif kind == "plan":
             plan = update
         else:
@@ -158,7 +167,16 @@ def seed_block(
         f'{SEED_HEADER} version="1" session="{session_id}" updates="{len(kept)}">',
         "The conversation so far, restored by acp-proxy into a new agent session: one recorded "
         "ACP session/update per line, in order. Continue it; the user's new message follows.",
-        *(_encoder.encode(u).decode() for u in kept),
+        *(_json_line(u) for u in kept),
         "</acp-proxy:history>",
     ]
     return {"type": "text", "text": "\n".join(lines)}
+
+
+def _json_line(update: dict[str, Any]) -> str:
+    # JSON allows U+2028/U+2029/U+0085 raw inside strings, but line splitters (Python's
+    # splitlines, JavaScript) break on them: escape them so each update stays one line.
+    text = _encoder.encode(update).decode()
+    return (
+        text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\u0085", "\\u0085")
+    )

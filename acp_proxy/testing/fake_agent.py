@@ -224,7 +224,7 @@ def _turns_from_seed(text: str) -> list[dict[str, Any]]:
     """Earlier turns from acp-proxy's history block: one per user message."""
     turns: list[dict[str, Any]] = []
     previous = ""
-    for line in text.splitlines()[2:-1]:
+    for line in text.split("\n")[2:-1]:
         update = json.loads(line)
         kind = update.get("sessionUpdate")
         content = update.get("content") or {}

@@ -177,3 +177,17 @@ async def test_load_of_a_closed_session_restores_and_replays(tmp: Path) -> None:
             kinds = [n["params"]["update"]["sessionUpdate"] for n in loaded.notifications]
             assert kinds.count("user_message_chunk") == 2
         assert db_rows(p.db, "SELECT state FROM sessions") == [("active",)]
+
+
+async def test_seeding_survives_odd_recorded_updates(tmp: Path) -> None:
+    """Whatever an agent recorded (object tool ids, U+2028 in text), the seeded restore works."""
+    script = '[{"sessionUpdate": "tool_call", "toolCallId": {"a": 1}, "title": "x"}]'
+    async with proxy(tmp, "--no-resume", "--no-load") as p, client(p) as c:
+        sid = await c.new_session(str(tmp))
+        first = await c.prompt(sid, f'fake:{{"script": {script}}} line\u2028break')
+        assert first.error is None
+        await _close_agent(c, sid)
+        reply = await c.prompt(sid, "still with me?")
+        assert reply.error is None, reply.error
+        assert "holds 1 earlier turns" in summary(reply.updates())
+        assert reply.result["_meta"]["acp-proxy"]["agent"] == "restored:new"
