@@ -136,7 +136,8 @@ class AgentPool:
         while self.spares and not env:
             agent = self.spares.pop(0)
             if agent.alive:
-                self.tg.start_soon(self._add_spare)
+                if len(self.spares) < self.config.warm_spares:
+                    self.tg.start_soon(self._add_spare)
                 return agent, SetupTimings("spare")
         agent = await self.spawn(cwd, env)
         return agent, SetupTimings("cold", cli_ready_ms=agent.cli_ready_ms)

@@ -1,0 +1,337 @@
+"""Crash durability: ``kill -9`` of the proxy loses nothing a client has received.
+
+The proxy delivers a ``session/update`` only after its SQLite commit, so whatever a client saw
+before the proxy died is in the store: a new proxy on the same database replays it, in order,
+as the start of the session's history (it may replay more: events committed but not yet
+delivered when the proxy died). The turn the kill cut short has an unknown outcome: it is
+stored as ``unknown`` once the session is used again and never sent to an agent again.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import signal
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from acp_proxy.testing.client import AcpClient
+from acp_proxy.testing.proxy_process import ProxyHandle
+
+from .conftest import client, db_rows, eventually, proxy, summary
+
+pytestmark = pytest.mark.trio
+
+#: ``ACP_PROXY_DURABILITY_SEED=<n>`` replays the trials of a failed run.
+SEED_ENV = "ACP_PROXY_DURABILITY_SEED"
+TRIALS = 20
+#: Trials run side by side (each with its own proxies and database).
+PARALLEL_TRIALS = 2
+TRIAL_LIMIT_S = 12.0
+#: Short turns usually end before the kill, long ones are usually cut mid-stream.
+TURN_CHUNKS = (10, 400)
+CHUNK_DELAY_S = 0.001
+MAX_KILL_DELAY_S = 0.4
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+async def _start_prompt(c: AcpClient, sid: str, text: str) -> int:
+    """Send a ``session/prompt`` without waiting for its answer; returns the request id."""
+    ident = c.start_request("session/prompt", None)
+    await c.send(
+        {
+            "jsonrpc": "2.0",
+            "id": ident,
+            "method": "session/prompt",
+            "params": {"sessionId": sid, "prompt": [{"type": "text", "text": text}]},
+        }
+    )
+    return ident
+
+
+def _answer(c: AcpClient, ident: int) -> dict[str, Any] | None:
+    """The answer to request ``ident`` if the client received one."""
+    return next((m for m in c.messages if m.get("id") == ident and "method" not in m), None)
+
+
+async def _fake_state(c: AcpClient, sid: str) -> dict[str, Any]:
+    """The fake agent's ``_fake/state`` for session ``sid``: its pid and its one session."""
+    state = (await c.request("_fake/state", {"sessionId": sid})).unwrap("_fake/state")
+    (session,) = state["sessions"].values()
+    return {"pid": state["pid"], **session}
+
+
+async def _load(c: AcpClient, sid: str, cwd: Path) -> list[dict[str, Any]]:
+    """``session/load`` (must succeed); returns the replayed ``session/update`` params."""
+    loaded = await c.request("session/load", {"sessionId": sid, "cwd": str(cwd), "mcpServers": []})
+    assert loaded.error is None, loaded.error
+    return [n["params"] for n in loaded.notifications if n["method"] == "session/update"]
+
+
+def _agent_side(replay: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A replay without the ``user_message_chunk``s (the client sent those itself)."""
+    return [u for u in replay if u["update"]["sessionUpdate"] != "user_message_chunk"]
+
+
+def _turn_outcomes(db: str, sid: str) -> list[tuple[int, str]]:
+    return db_rows(db, "SELECT seq, outcome FROM turns WHERE session_id = ? ORDER BY seq", sid)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name; None once the pid is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def _process(pid: int) -> tuple[int, str]:
+    """A process identity that survives pid reuse: its pid and its start time."""
+    fields = _stat(pid)
+    return pid, fields[19] if fields else ""
+
+
+def _running(process: tuple[int, str]) -> bool:
+    """True while the process lives (a zombie nobody reaps counts as gone)."""
+    pid, started = process
+    if not Path("/proc/self/stat").exists():  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    fields = _stat(pid)
+    return fields is not None and fields[19] == started and fields[0] != "Z"
+
+
+def _children(pid: int) -> set[tuple[int, str]]:
+    """The child processes of ``pid`` (a proxy's agents and warm spares); empty without /proc."""
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(entry.name))
+        if fields is not None and int(fields[1]) == pid:
+            found.add((int(entry.name), fields[19]))
+    return found
+
+
+async def _kill_9(p: ProxyHandle, *clients: AcpClient) -> None:
+    """SIGKILL the proxy, reap it, and let each client read up to the end of its stream."""
+    p.kill(signal.SIGKILL)
+    await p.process.wait()
+    assert p.process.returncode == -signal.SIGKILL
+    await eventually(lambda: all(c.closed for c in clients), within_s=5)
+
+
+async def _agents_exit(agents: set[tuple[int, str]], what: str) -> None:
+    """The agents of a killed proxy exit on their own: their stdin closed with the proxy."""
+    try:
+        await eventually(lambda: not any(_running(a) for a in agents), within_s=5)
+    except trio.TooSlowError:
+        left = sorted(pid for pid, started in agents if _running((pid, started)))
+        pytest.fail(f"{what}: agents {left} outlived their proxy")
+
+
+def _master_seed() -> int:
+    return int(os.environ.get(SEED_ENV) or secrets.randbits(32))
+
+
+# -- kill -9 at random points ----------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """What one client saw of its session before the proxy was killed."""
+
+    sid: str
+    received: list[dict[str, Any]]  #: the session/update params, in order
+    answered: bool  #: the prompt's response arrived: the turn was over
+    turn_updates: int  #: updates of the streaming turn among ``received``
+
+    @property
+    def stage(self) -> str:
+        """Where the kill fell, as seen by this client."""
+        if self.answered:
+            return "after the turn"
+        return "mid-stream" if self.turn_updates else "before any chunk"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One kill: two sessions stream ``chunks`` updates each; the proxy dies after ``delay``."""
+
+    number: int
+    chunks: tuple[int, int]
+    delay: float
+    directory: Path
+    label: str  #: the seed and parameters, to replay a failure
+
+    @property
+    def db(self) -> str:
+        return str(self.directory / "sessions.db")
+
+    @property
+    def agent_args(self) -> tuple[str, ...]:
+        return ("--state-dir", str(self.directory / "agent-state"))
+
+
+def _draw_trials(master: int, tmp: Path) -> list[Trial]:
+    """The trials of seed ``master``; every fifth one kills at once (before any update)."""
+    rng = random.Random(master)
+    trials = []
+    for number in range(TRIALS):
+        chunks = (rng.choice(TURN_CHUNKS), rng.choice(TURN_CHUNKS))
+        delay = 0.0 if number % 5 == 0 else rng.uniform(0, MAX_KILL_DELAY_S)
+        label = (
+            f"{SEED_ENV}={master} trial {number}: chunks={list(chunks)}, "
+            f"kill after {delay * 1000:.0f} ms"
+        )
+        trials.append(Trial(number, chunks, delay, tmp / f"t{number}", label))
+    return trials
+
+
+async def _run_until_killed(trial: Trial) -> tuple[list[Seen], set[tuple[int, str]]]:
+    """Two sessions on two connections stream a turn each; kill -9 the proxy after the delay.
+
+    Returns what each client received and the proxy's agent processes (see :func:`_process`).
+    """
+    cwd = str(trial.directory)
+    async with (
+        proxy(trial.directory / "first", *trial.agent_args, db=trial.db) as p,
+        client(p) as c1,
+        client(p) as c2,
+    ):
+        clients = (c1, c2)
+        sids = [await c.new_session(cwd) for c in clients]
+        agents = {
+            _process((await _fake_state(c, sid))["pid"])
+            for c, sid in zip(clients, sids, strict=True)
+        }
+        agents |= _children(p.pid)  # the warm spare too (scanned now: a scan takes a few ms)
+        before = [len(c.updates(sid)) for c, sid in zip(clients, sids, strict=True)]
+        idents = [
+            await _start_prompt(c, sid, f'fake:{{"chunks": {n}, "chunk_delay": {CHUNK_DELAY_S}}}')
+            for c, sid, n in zip(clients, sids, trial.chunks, strict=True)
+        ]
+        await trio.sleep(trial.delay)
+        await _kill_9(p, *clients)
+        seen = [
+            Seen(sid, c.updates(sid), _answer(c, ident) is not None, len(c.updates(sid)) - n)
+            for c, sid, ident, n in zip(clients, sids, idents, before, strict=True)
+        ]
+    for s, c, ident in zip(seen, clients, idents, strict=True):
+        if s.answered:
+            assert _answer(c, ident).get("error") is None, (trial.label, _answer(c, ident))
+    return seen, agents
+
+
+async def _check_restored(trial: Trial, seen: list[Seen]) -> None:
+    """A new proxy on the same database loads each session and continues it.
+
+    The replay starts with exactly what the client had received; the turn cut by the kill is
+    settled (``completed`` if its end was committed, else ``unknown``); the restored agent holds
+    the turns it had finished and answers a new prompt.
+    """
+    what, db = trial.label, trial.db
+    async with proxy(trial.directory / "second", *trial.agent_args, db=db) as p:
+        for s in seen:
+            async with client(p) as c:
+                replay = _agent_side(await _load(c, s.sid, trial.directory))
+                assert replay[: len(s.received)] == s.received, (
+                    f"{what}: the replay of {s.sid} does not start with the {len(s.received)} "
+                    f"updates the client received ({s.stage})"
+                )
+                outcomes = dict(_turn_outcomes(db, s.sid))
+                assert set(outcomes.values()) <= {"completed", "unknown"}, (what, outcomes)
+                if s.answered:
+                    assert outcomes == {1: "completed"}, (what, outcomes)
+                held = (await _fake_state(c, s.sid))["turns"]
+                completed = list(outcomes.values()).count("completed")
+                assert completed <= held <= len(outcomes), (what, outcomes, held)
+                reply = await c.prompt(s.sid, "still there?")
+                assert reply.error is None, (what, reply.error)
+                assert f"holds {held} earlier turns" in summary(reply.updates()), what
+
+
+async def _run_trial(trial: Trial, limiter: trio.CapacityLimiter, stages: Counter[str]) -> None:
+    """Kill, check that the old agents exit, restart and check every session; bounded."""
+    async with limiter:
+        with trio.fail_after(TRIAL_LIMIT_S):
+            seen, agents = await _run_until_killed(trial)
+            await _agents_exit(agents, trial.label)
+            await _check_restored(trial, seen)
+    stages.update(s.stage for s in seen)
+
+
+async def test_kill_9_at_random_points_loses_no_received_event(tmp: Path) -> None:
+    """Kill -9 before, during or after streaming: every update a client received survives.
+
+    Each trial gets a fresh database; after the kill, the old agents exit (their stdin closed
+    with the proxy) and a new proxy restores both sessions from the store and the agents' state.
+    Trials run ``PARALLEL_TRIALS`` at a time: each has its own proxies and database.
+    """
+    master = _master_seed()
+    stages: Counter[str] = Counter()
+    limiter = trio.CapacityLimiter(PARALLEL_TRIALS)
+    async with trio.open_nursery() as nursery:
+        for trial in _draw_trials(master, tmp):
+            nursery.start_soon(_run_trial, trial, limiter, stages)
+    assert set(stages) == {"before any chunk", "mid-stream", "after the turn"}, (
+        f"{SEED_ENV}={master}: the kills did not cover every stage: {dict(stages)}"
+    )
+
+
+# -- the turn cut by the kill ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first_use", ["session/load", "session/prompt"])
+async def test_turn_cut_by_kill_is_unknown_after_restart_and_never_resent(
+    tmp: Path, first_use: str
+) -> None:
+    """The turn running at kill -9 is stored ``unknown`` when the session is used again.
+
+    A restart restores nothing eagerly: the turn stays ``running`` in the store until the
+    session is loaded or prompted. The restored agent never receives the cut prompt again: it
+    holds only the turns that were completed, and runs nothing until the next prompt.
+    """
+    state_dir = tmp / "agent-state"
+    agent_args = ("--state-dir", str(state_dir))
+    db = str(tmp / "sessions.db")
+    async with proxy(tmp / "first", *agent_args, db=db) as p, client(p) as c:
+        sid = await c.new_session(str(tmp))
+        assert (await c.prompt(sid, "first")).error is None
+        since = len(c.messages)
+        await _start_prompt(c, sid, 'fake:{"hang": true} the turn cut by the kill')
+        await c.wait_for(
+            lambda m: (
+                m.get("params", {}).get("update", {}).get("sessionUpdate") == "agent_message_chunk"
+            ),
+            since=since,
+        )
+        await _kill_9(p, c)
+    assert _turn_outcomes(db, sid) == [(1, "completed"), (2, "running")]
+
+    async with proxy(tmp / "second", *agent_args, db=db) as p, client(p) as c:
+        assert _turn_outcomes(db, sid) == [(1, "completed"), (2, "running")]
+        if first_use == "session/load":
+            await _load(c, sid, tmp)
+            assert _turn_outcomes(db, sid) == [(1, "completed"), (2, "unknown")]
+            restored = await _fake_state(c, sid)
+            assert (restored["turns"], restored["running"]) == (1, False)
+        reply = await c.prompt(sid, "after the restart")
+        assert reply.error is None, reply.error
+        text = summary(reply.updates())
+        assert "[fake] turn 2; context holds 1 earlier turns" in text
+        assert reply.result["_meta"]["acp-proxy"]["bytes_upstream"] < 200  # nothing re-sent
+        assert _turn_outcomes(db, sid) == [(1, "completed"), (2, "unknown"), (3, "completed")]
+        upstream = db_rows(db, "SELECT upstream_session_id FROM sessions WHERE id = ?", sid)[0][0]
+    kept = (state_dir / f"{upstream}.json").read_text()
+    assert "first" in kept and "after the restart" in kept
+    assert "the turn cut by the kill" not in kept
