@@ -60,6 +60,9 @@ __all__ = ["ForwardedRequest", "Session", "Turn"]
 _encoder: Final = msgspec.json.Encoder()
 _any_decoder: Final = msgspec.json.Decoder()
 _blocks_decoder: Final = msgspec.json.Decoder(list[Raw])
+#: Events read and sent per page of a replay: bounds memory and lets other sessions run
+#: between pages (a 100 000-event load is ~50 pages).
+REPLAY_PAGE_EVENTS: Final = 2000
 _CANCELLED: Final = b'{"outcome":{"outcome":"cancelled"}}'
 #: Agent updates that count as the model's first token.
 _TOKEN_KINDS: Final = frozenset({"agent_message_chunk", "agent_thought_chunk"})
@@ -380,13 +383,20 @@ class Session:
         upto = self.delivered_seq
         self.held, self.held_skip_upto = [], upto
         try:
-            payloads = await self.proxy.store.event_payloads(self.id, upto_seq=upto)
-            client.send_nowait(
-                b"".join(
-                    b'{"jsonrpc":"2.0","method":"session/update","params":' + p + b"}\n"
-                    for p in payloads
+            after = 0
+            while after < upto:  # bounded: every page advances `after`, or the loop ends
+                page = await self.proxy.store.event_page(
+                    self.id, after_seq=after, upto_seq=upto, limit=REPLAY_PAGE_EVENTS
                 )
-            )
+                if not page:
+                    break
+                client.send_nowait(
+                    b"".join(
+                        b'{"jsonrpc":"2.0","method":"session/update","params":' + p + b"}\n"
+                        for _seq, p in page
+                    )
+                )
+                after = page[-1][0]
         except BaseException:
             self.release_held()
             raise

@@ -85,20 +85,34 @@ def coalesce(updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
     calls: dict[Any, dict[str, Any]] = {}
     plan: dict[str, Any] | None = None
     plan_at = 0
+    pieces: list[str] = []  # text still to append to out[-1]: joined once, not quadratically
+
+    def flush() -> None:
+        if pieces:
+            out[-1]["content"]["text"] += "".join(pieces)
+            pieces.clear()
+
     for original in updates:
-        update = copy.deepcopy(original)
-        kind = _kind(update)
+        kind = _kind(original)
+        if out and _joinable(out[-1], original):
+            pieces.append(original["content"]["text"])
+            continue
+        if kind in _CHUNK_KINDS and _is_plain_text(original):
+            update = {**original, "content": dict(original["content"])}  # cheap exact copy
+        else:
+            update = copy.deepcopy(original)
         if kind == "plan":
             # Always the full plan (the client replaces it): only the last one matters.
             plan, plan_at = update, len(out)
-        elif out and _joinable(out[-1], update):
-            out[-1]["content"]["text"] += update["content"]["text"]
-        elif kind == "tool_call_update" and _call_key(update) in calls:
+            continue
+        flush()
+        if kind == "tool_call_update" and _call_key(update) in calls:
             _patch_tool_call(calls[_call_key(update)], update)
         else:
             if kind == "tool_call":
                 calls[_call_key(update)] = update
             out.append(update)
+    flush()
     if plan is not None:
         out.insert(plan_at, plan)
     return out

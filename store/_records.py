@@ -209,6 +209,12 @@ class SessionStore(Protocol):
         """Return the raw event payloads of a session in ``seq`` order."""
         ...
 
+    async def event_page(
+        self, session_id: str, *, after_seq: int, upto_seq: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` ``(seq, payload)`` pairs with ``after_seq < seq <= upto_seq``."""
+        ...
+
     async def last_event_seq(self, session_id: str) -> int:
         """Return the highest event ``seq`` of a session, 0 if it has none."""
         ...

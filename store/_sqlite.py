@@ -384,6 +384,21 @@ class SqliteStore:
             rows = await self._fetchall(sql, (session_id, upto_seq))
         return [row[0] for row in rows]
 
+    async def event_page(
+        self, session_id: str, *, after_seq: int, upto_seq: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` ``(seq, payload)`` pairs with ``after_seq < seq <= upto_seq``.
+
+        Replays read in pages: a page at a time lives in memory, and the event loop serves
+        other sessions between pages.
+        """
+        sql = (
+            "SELECT seq, payload FROM events WHERE session_id = ? AND seq > ? AND seq <= ? "
+            "ORDER BY seq LIMIT ?"
+        )
+        rows = await self._fetchall(sql, (session_id, after_seq, upto_seq, limit))
+        return [(int(row[0]), row[1]) for row in rows]
+
     async def last_event_seq(self, session_id: str) -> int:
         """Return the highest event ``seq`` of a session, 0 if it has none."""
         sql = "SELECT seq FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT 1"

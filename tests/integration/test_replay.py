@@ -134,3 +134,20 @@ async def test_client_leaving_mid_turn_keeps_the_turn_and_a_later_load_sees_all(
         assert len(chunks) == 31  # 30 filler chunks + the summary: none lost, none doubled
         assert "holds 0 earlier turns" in summary(stream)
         await eventually(lambda: db_rows(p.db, "SELECT outcome FROM turns") == [("completed",)])
+
+
+async def test_long_replay_crosses_pages_without_gap(tmp: Path) -> None:
+    """A load of more events than one replay page delivers every one, in order."""
+    async with proxy(tmp, "--thoughts", "0", "--tool-calls", "0") as p:
+        async with client(p) as c1:
+            sid = await c1.new_session(str(tmp))
+            reply = await c1.prompt(sid, 'fake:{"chunks": 4500, "chunk_size": 8}')
+            live = [u["update"] for u in c1.updates(sid)]
+        async with client(p) as c2:
+            loaded = await c2.request(
+                "session/load", {"sessionId": sid, "cwd": str(tmp), "mcpServers": []}
+            )
+        replay = [n["params"]["update"] for n in loaded.notifications]
+        assert reply.error is None
+        assert [u for u in replay if u["sessionUpdate"] != "user_message_chunk"] == live
+        assert len(replay) == len(live) + 1 > 4500

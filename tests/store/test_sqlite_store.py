@@ -541,3 +541,21 @@ async def test_body_exception_propagates_unwrapped(tmp_path: Path) -> None:
     assert type(info.value) is LookupError
     async with open_store(path) as db:
         assert await db.count_sessions() == 1
+
+
+async def test_event_pages_cover_the_range_exactly(tmp_path: Path) -> None:
+    """Pages of (seq, payload) walk after_seq < seq <= upto_seq in order, no gap, no repeat."""
+    async with open_store(tmp_path / "store.db") as db:
+        await db.commit([PutSession(session("s1"))])
+        await db.commit([AppendEvent("s1", i, 1, "k", b'{"n":%d}' % i) for i in range(1, 26)])
+        seen: list[int] = []
+        after = 3
+        while True:
+            page = await db.event_page("s1", after_seq=after, upto_seq=21, limit=4)
+            if not page:
+                break
+            assert len(page) <= 4
+            seen += [seq for seq, _ in page]
+            assert all(payload == b'{"n":%d}' % seq for seq, payload in page)
+            after = page[-1][0]
+        assert seen == list(range(4, 22))
