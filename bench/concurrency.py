@@ -1,0 +1,667 @@
+"""Benchmark 10: 100 concurrent conversations through one proxy.
+
+Run ``python -m bench.concurrency [--conversations 100] [--turns 5] [--runs N]
+[--first-token-delay 0.05] [--chunks 5] [--py-spy PATH] [--write BENCHMARKS.md]``.
+
+Fake agent: the bundled one with ``--first-token-delay 0.05 --thoughts 0 --tool-calls 0
+--chunks 5`` (one turn = 5 message chunks + the summary chunk, the first after 50 ms).
+``--conversations`` conversations run at once in one anyio task group, each on its own
+client: ``initialize``, ``session/new``, turn 1; then all wait at a barrier (100 agent processes
+starting on a small machine dominate everything before it) and each goes on with turns
+2..``--turns`` back to back, all conversations at once. Two scenarios, alternating run by run:
+
+* B (the one the goal is about), through one ``acp-proxy serve`` (TOML config
+  ``max_live_agents = 200``, default ``warm_spares``): one unix-socket connection per
+  conversation;
+* A (baseline, no proxy): each conversation spawns its own fake agent on stdio, so A measures
+  what the machine, the 100 agents and the client cost without the proxy.
+
+Checked, every turn of both: the answer is ``end_turn``; every ``session/update`` the client
+received carries its own ``sessionId``; the summary chunk names this conversation's own prompt
+(``last user message: conversation <i> turn <t> <nonce>``) and the turn number with its
+``t - 1`` earlier turns; nothing names another conversation.
+
+Measured on the warm turns (2..N) only:
+
+* overhead = (client-observed time to first token: request written -> first
+  ``agent_message_chunk`` read) - the fake agent's first-token delay;
+* B's ``_meta["acp-proxy"]``: ``queue_ms`` (prompt read -> forwarded to the agent, including
+  the store commit of the prompt), ``model_first_token_ms`` - delay (agent side: the agent's
+  event loop, pipes, the proxy reading them) and client TTFT - ``ttft_ms`` (outside the
+  proxy's clock: socket in, the first token's store commit and delivery, socket out, the
+  client's own event loop);
+* the proxy's CPU time (``/proc/<pid>/stat``) during the warm turns, per turn.
+
+Goal: B's p99 overhead <= 20 ms, and every turn of B succeeds without crossing conversations.
+``--py-spy PATH`` also records B's proxy process with py-spy (``record --format raw``) during
+the warm turns of the first run and adds where its busy samples are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from acp_proxy.testing.client import AcpClient
+from acp_proxy.testing.proxy_process import fake_agent_command, run_proxy
+from bench.continued_turn import machine, percentile
+from bench.memory import children, write_section
+
+SECTION_TITLE = "## 10. 100 concurrent conversations"
+GOAL_P99_MS = 20.0
+CWD = "/tmp"
+CONFIG = "max_live_agents = 200\n"
+SETUP_LIMIT_S = 300.0  #: every conversation created and its turn 1 answered within this
+TURN_LIMIT_S = 60.0  #: one warm turn
+RUN_LIMIT_S = 900.0  #: one whole run of one scenario
+
+OpenClient = Callable[[], AbstractAsyncContextManager[AcpClient]]
+
+
+@dataclass
+class TurnSample:
+    conversation: int
+    turn: int
+    ttft_ms: float  #: client-observed, request written -> first agent chunk read
+    total_ms: float  #: client-observed, request written -> answer read
+    meta: dict[str, Any]
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    samples: list[TurnSample] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    setup_s: float = 0.0  #: start -> every conversation past turn 1
+    warm_s: float = 0.0  #: barrier -> every warm turn answered
+    proxy_cpu_s: float | None = None  #: proxy user+system CPU during the warm phase
+    agents: int = 0  #: agent processes during the warm phase
+    agents_left: int = 0  #: agent processes still there after the clean-up
+    profile: list[tuple[str, float, int]] = field(default_factory=list)
+    load: tuple[str, str] = ("", "")  #: 1-min load average at the barrier and at the end
+
+    def warm(self) -> list[TurnSample]:
+        return [s for s in self.samples if s.turn >= 2]
+
+
+class Barrier:
+    """Everyone waits until ``parties`` have arrived (a party that failed leaves)."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self.arrived = 0
+        self.event = anyio.Event()
+
+    def leave(self) -> None:
+        self.parties -= 1
+        if self.arrived >= self.parties:
+            self.event.set()
+
+    async def wait(self) -> None:
+        self.arrived += 1
+        if self.arrived >= self.parties:
+            self.event.set()
+        await self.event.wait()
+
+
+def _agent_text(updates: list[dict[str, Any]]) -> str:
+    return "".join(
+        u.get("content", {}).get("text", "")
+        for u in updates
+        if u.get("sessionUpdate") == "agent_message_chunk"
+    )
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# -- one conversation --------------------------------------------------------------------------
+
+
+async def conversation(
+    open_client: OpenClient,
+    index: int,
+    turns: int,
+    nonce: str,
+    barrier: Barrier,
+    result: RunResult,
+) -> None:
+    arrived = False
+    try:
+        async with open_client() as client:
+            with anyio.fail_after(SETUP_LIMIT_S):
+                await client.initialize()
+                session_id = await client.new_session(CWD)
+                await _turn(client, session_id, index, 1, nonce, result)
+            arrived = True
+            await barrier.wait()
+            for t in range(2, turns + 1):
+                with anyio.fail_after(TURN_LIMIT_S):
+                    await _turn(client, session_id, index, t, nonce, result)
+            foreign = {
+                str(m["params"].get("sessionId"))
+                for m in client.messages
+                if m.get("method") == "session/update"
+                and m["params"].get("sessionId") != session_id
+            }
+            if foreign:
+                result.failures.append(
+                    f"conversation {index}: updates of other sessions {sorted(foreign)[:3]}"
+                )
+    except Exception as exc:  # recorded and reported; the other conversations go on
+        result.failures.append(f"conversation {index}: {type(exc).__name__}: {exc}")
+        if not arrived:
+            barrier.leave()
+
+
+async def _turn(
+    client: AcpClient, session_id: str, index: int, t: int, nonce: str, result: RunResult
+) -> None:
+    text = f"conversation {index} turn {t} {nonce}"
+    sent = time.perf_counter()
+    reply = await client.prompt(session_id, text)
+    answer = reply.unwrap("session/prompt")
+    if answer.get("stopReason") != "end_turn":
+        raise RuntimeError(f"turn {t}: stopReason {answer.get('stopReason')!r}")
+    if reply.first_update_at is None:
+        raise RuntimeError(f"turn {t}: answered without any agent chunk")
+    summary = _agent_text(reply.updates())
+    expected = f"[fake] turn {t}; context holds {t - 1} earlier turns"
+    if expected not in summary or f"last user message: {text}" not in summary:
+        raise RuntimeError(f"turn {t}: the answer is not this conversation's: {summary[-160:]!r}")
+    for other in re.findall(r"conversation (\d+) turn", summary):
+        if int(other) != index:
+            raise RuntimeError(f"turn {t}: the answer names conversation {other}")
+    result.samples.append(
+        TurnSample(
+            index,
+            t,
+            (reply.first_update_at - sent) * 1000,
+            (reply.received_at - sent) * 1000,
+            ((answer.get("_meta") or {}).get("acp-proxy")) or {},
+        )
+    )
+
+
+# -- py-spy ------------------------------------------------------------------------------------
+
+#: Leaf frames where a thread waits rather than works (dropped from the profile).
+_IDLE_LEAVES = (
+    "EpollSelector.select",
+    "_connection_worker_thread (aiosqlite/core.py:59)",
+    "Condition.wait",
+    "Thread.join",
+)
+
+
+def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        print("py-spy not found next to the interpreter: no profile", flush=True)
+        return None
+    command = [str(exe), "record", "--pid", str(pid), "--rate", "1000", "--format", "raw"]
+    command += ["--output", str(out), "--nonblocking"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_py_spy(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _project_frame(frames: list[str]) -> str:
+    """The innermost acp_proxy/store function of a stack (line number dropped)."""
+    for frame in reversed(frames):
+        if "acp_proxy/" in frame or "(store/" in frame:
+            if "acp_proxy/__main__.py" in frame:
+                return "(event loop: asyncio/anyio scheduling, no deeper project frame)"
+            return re.sub(r":\d+\)$", ")", frame)
+    return "(aiosqlite worker thread: SQLite statements)"
+
+
+def top_functions(raw: Path, limit: int = 15) -> list[tuple[str, float, int]]:
+    """py-spy's collapsed stacks, idle waits dropped, by innermost acp_proxy/store frame:
+    (frame, % of busy samples, samples)."""
+    busy: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if any(frames[-1].startswith(idle) for idle in _IDLE_LEAVES):
+            continue
+        total += int(count)
+        busy[_project_frame(frames)] += int(count)
+    return [(frame, 100 * n / total, n) for frame, n in busy.most_common(limit)] if total else []
+
+
+# -- one run of a scenario ---------------------------------------------------------------------
+
+
+async def _drive(
+    result: RunResult,
+    open_client: OpenClient,
+    conversations: int,
+    turns: int,
+    at_barrier: Callable[[], None],
+) -> None:
+    """All conversations at once; ``at_barrier`` runs when every one has finished turn 1."""
+    nonce = secrets.token_hex(4)
+    barrier = Barrier(conversations)
+    started = time.perf_counter()
+    warm_start = 0.0
+
+    async def watch() -> None:
+        nonlocal warm_start
+        await barrier.event.wait()
+        warm_start = time.perf_counter()
+        result.setup_s = warm_start - started
+        result.load = (_loadavg(), "")
+        at_barrier()
+
+    with anyio.fail_after(RUN_LIMIT_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            for i in range(conversations):
+                tg.start_soon(conversation, open_client, i, turns, nonce, barrier, result)
+    result.warm_s = time.perf_counter() - warm_start if warm_start else 0.0
+    result.load = (result.load[0], _loadavg())
+
+
+async def run_direct(agent: list[str], conversations: int, turns: int) -> RunResult:
+    """A: each conversation spawns its own agent on stdio (AcpClient.spawn reaps it)."""
+    result = RunResult("A")
+    me = os.getpid()
+
+    def at_barrier() -> None:
+        result.agents = len(children(me))
+
+    await _drive(result, lambda: AcpClient.spawn(agent), conversations, turns, at_barrier)
+    result.agents_left = len([p for p in children(me) if _alive(p)])
+    return result
+
+
+async def run_through_proxy(
+    directory: Path, agent: list[str], conversations: int, turns: int, py_spy: Path | None
+) -> RunResult:
+    """B: one proxy, one socket connection per conversation."""
+    directory.mkdir(parents=True)  # noqa: ASYNC240 (set-up, not timed)
+    config = directory / "config.toml"
+    config.write_text(CONFIG)
+    result = RunResult("B")
+    agent_pids: list[int] = []
+    spy: subprocess.Popen[bytes] | None = None
+    cpu0 = 0.0
+    async with run_proxy(directory, agent, extra_args=["--config", str(config)]) as proxy:
+
+        def at_barrier() -> None:
+            nonlocal spy, cpu0
+            cpu0 = _cpu_s(proxy.pid)
+            agent_pids.extend(children(proxy.pid))
+            if py_spy is not None:
+                spy = start_py_spy(proxy.pid, py_spy)
+
+        try:
+            await _drive(
+                result,
+                lambda: AcpClient.connect(proxy.socket),
+                conversations,
+                turns,
+                at_barrier,
+            )
+            if agent_pids:
+                result.proxy_cpu_s = _cpu_s(proxy.pid) - cpu0
+        finally:
+            if spy is not None:
+                stop_py_spy(spy)
+        if py_spy is not None and py_spy.exists():  # noqa: ASYNC240 (after the timed part)
+            result.profile = top_functions(py_spy)
+        result.agents = len(agent_pids)
+    # run_proxy SIGTERMed the proxy, which stops its agents: check that none is left.
+    deadline = time.monotonic() + 10
+    left = [p for p in agent_pids if _alive(p)]
+    while left and time.monotonic() < deadline:
+        await anyio.sleep(0.1)
+        left = [p for p in left if _alive(p)]
+    result.agents_left = len(left)
+    for pid in left:  # only agents this run's proxy started, by pid
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return result
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _stats(values: Sequence[float]) -> list[str]:
+    if not values:
+        return ["n/a"] * 4
+    return [
+        f"{statistics.median(values):,.1f}",
+        f"{percentile(values, 90):,.1f}",
+        f"{percentile(values, 99):,.1f}",
+        f"{max(values):,.1f}",
+    ]
+
+
+def render(
+    args: argparse.Namespace, runs: list[RunResult], agent_args: Sequence[str]
+) -> tuple[str, bool]:
+    delay_ms = args.first_token_delay * 1000
+    by = {name: [r for r in runs if r.scenario == name] for name in ("A", "B")}
+    warm = {name: [s for r in rs for s in r.warm()] for name, rs in by.items()}
+    overhead = {name: [s.ttft_ms - delay_ms for s in warm[name]] for name in by}
+    failures = {name: [f for r in rs for f in r.failures] for name, rs in by.items()}
+    expected = args.runs * args.conversations * (args.turns - 1)
+    b_ok = not failures["B"] and len(warm["B"]) == expected
+    p99 = percentile(overhead["B"], 99) if overhead["B"] else float("inf")
+    passed = b_ok and p99 <= GOAL_P99_MS
+    b = warm["B"]
+
+    def meta(key: str) -> list[float]:
+        return [float(s.meta[key]) for s in b if isinstance(s.meta.get(key), int | float)]
+
+    outside = [
+        s.ttft_ms - float(s.meta["ttft_ms"])
+        for s in b
+        if isinstance(s.meta.get("ttft_ms"), int | float)
+    ]
+    kinds = Counter(str(s.meta.get("agent")) for s in b)
+    warm_turns = args.conversations * (args.turns - 1)
+
+    def per_run(name: str, fmt: Callable[[RunResult], str]) -> str:
+        return ", ".join(fmt(r) for r in by[name])
+
+    lines = [
+        f"{args.conversations} conversations x {args.turns} turns at once (one anyio task group), "
+        f"{args.runs} run(s) per scenario, alternating A, B; fake agent `{' '.join(agent_args)}`. "
+        "A: each conversation spawns its own agent on stdio (no proxy). B: one proxy "
+        f"(config `{CONFIG.strip()}`), one socket connection per conversation. Every "
+        "conversation waits at a barrier after turn 1 (agent start-up); turns 2..N then run "
+        "back to back, all conversations at once.",
+        "",
+        _row(["check (per run)", "A: no proxy", "B: proxy"]),
+        _row(["---", "---", "---"]),
+        _row(
+            [
+                "turns answered `end_turn` and checked",
+                per_run("A", lambda r: f"{len(r.samples)}"),
+                per_run("B", lambda r: f"{len(r.samples)}"),
+            ]
+        ),
+        _row(
+            [
+                "failures (errors, foreign `sessionId`, answer naming another prompt)",
+                per_run("A", lambda r: f"{len(r.failures)}"),
+                per_run("B", lambda r: f"{len(r.failures)}"),
+            ]
+        ),
+        _row(
+            [
+                "agent processes during the warm turns / left after clean-up",
+                per_run("A", lambda r: f"{r.agents} / {r.agents_left}"),
+                per_run("B", lambda r: f"{r.agents} / {r.agents_left}"),
+            ]
+        ),
+        _row(
+            [
+                "start -> every conversation past turn 1, s",
+                per_run("A", lambda r: f"{r.setup_s:.1f}"),
+                per_run("B", lambda r: f"{r.setup_s:.1f}"),
+            ]
+        ),
+        _row(
+            [
+                "barrier -> last warm turn answered, s",
+                per_run("A", lambda r: f"{r.warm_s:.2f}"),
+                per_run("B", lambda r: f"{r.warm_s:.2f}"),
+            ]
+        ),
+        _row(
+            [
+                "1-min load average at the barrier / at the end (all work on the machine)",
+                per_run("A", lambda r: f"{r.load[0]} / {r.load[1]}"),
+                per_run("B", lambda r: f"{r.load[0]} / {r.load[1]}"),
+            ]
+        ),
+        _row(
+            [
+                "proxy CPU during the warm turns, s (ms per warm turn)",
+                "-",
+                per_run(
+                    "B",
+                    lambda r: (
+                        "n/a"
+                        if r.proxy_cpu_s is None
+                        else f"{r.proxy_cpu_s:.2f} ({1000 * r.proxy_cpu_s / warm_turns:.2f})"
+                    ),
+                ),
+            ]
+        ),
+        _row(
+            [
+                "`_meta` agent of B's warm turns",
+                "-",
+                ", ".join(f"{k}: {v}" for k, v in kinds.items()),
+            ]
+        ),
+        "",
+    ]
+    for name in ("A", "B"):
+        if failures[name]:
+            lines += [f"First failures of {name}:", ""]
+            lines += [f"- {f}" for f in failures[name][:5]]
+            lines.append("")
+    lines += [
+        f"Warm turns (2..{args.turns}), ms ({len(warm['A']):,} samples in A, {len(b):,} in B):",
+        "",
+        _row(["measure", "p50", "p90", "p99", "max"]),
+        _row(["---", "---:", "---:", "---:", "---:"]),
+        _row(
+            [
+                f"A: overhead = client TTFT - first-token delay ({delay_ms:g} ms), no proxy",
+                *_stats(overhead["A"]),
+            ]
+        ),
+        _row(
+            [
+                "**B: overhead** = client TTFT - first-token delay, through the proxy",
+                *_stats(overhead["B"]),
+            ]
+        ),
+        _row(
+            [
+                "B: `queue_ms` (proxy: prompt read -> forwarded, incl. its store commit)",
+                *_stats(meta("queue_ms")),
+            ]
+        ),
+        _row(
+            [
+                "B: `model_first_token_ms` - delay (agent side, pipes, proxy reading them)",
+                *_stats([v - delay_ms for v in meta("model_first_token_ms")]),
+            ]
+        ),
+        _row(
+            [
+                "B: `ttft_ms` (proxy: prompt read -> first token read from the agent)",
+                *_stats(meta("ttft_ms")),
+            ]
+        ),
+        _row(
+            [
+                "B: client TTFT - `ttft_ms` (socket in, first token's commit + delivery, socket "
+                "out, client loop)",
+                *_stats(outside),
+            ]
+        ),
+        _row(["A: request written -> answer read", *_stats([s.total_ms for s in warm["A"]])]),
+        _row(["B: request written -> answer read", *_stats([s.total_ms for s in b])]),
+        "",
+    ]
+    if overhead["A"] and overhead["B"]:
+        lines += [
+            "B - A (what the proxy adds on this machine at this load): "
+            f"p50 {statistics.median(overhead['B']) - statistics.median(overhead['A']):+,.1f} ms, "
+            f"p99 {p99 - percentile(overhead['A'], 99):+,.1f} ms.",
+            "",
+        ]
+    verdict = "PASS" if passed else "FAIL"
+    lines.append(
+        f"**B: p99 overhead = {p99:,.1f} ms** — goal <= {GOAL_P99_MS:.0f} ms, every turn "
+        f"correct: **{verdict}**"
+        + ("" if b_ok else f" (failures: {len(failures['B'])}, samples {len(b)}/{expected})")
+    )
+    profile = next((r.profile for r in by["B"] if r.profile), None)
+    if profile:
+        lines += [
+            "",
+            "py-spy (`record --rate 1000 --nonblocking`) on B's proxy during the warm turns of "
+            "run 1: busy samples (idle waits dropped) by innermost `acp_proxy`/`store` frame:",
+            "",
+            _row(["frame", "% of busy samples", "samples"]),
+            _row(["---", "---:", "---:"]),
+        ]
+        lines += [_row([f"`{f}`", f"{pct:.1f}", f"{n}"]) for f, pct, n in profile]
+    return "\n".join(lines) + "\n", passed
+
+
+def command_line() -> str:
+    exe = sys.executable
+    try:
+        rel = os.path.relpath(exe)
+        if not rel.startswith(".."):
+            exe = rel
+    except ValueError:
+        pass
+    return shlex.join([exe, "-m", "bench.concurrency", *sys.argv[1:]])
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.concurrency",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--conversations", type=int, default=100)
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=2, help="runs per scenario, pooled (2)")
+    parser.add_argument("--first-token-delay", type=float, default=0.05)
+    parser.add_argument("--chunks", type=int, default=5)
+    parser.add_argument("--no-baseline", action="store_true", help="skip scenario A")
+    parser.add_argument("--py-spy", metavar="PATH", help="profile B's proxy into PATH (raw)")
+    parser.add_argument("--write", metavar="PATH", help="write/replace the section in PATH")
+    args = parser.parse_args(argv)
+    if args.conversations < 1 or args.turns < 2 or args.runs < 1:
+        parser.error("--conversations >= 1, --turns >= 2, --runs >= 1")
+    return args
+
+
+async def main() -> int:
+    args = parse_args()
+    command = command_line()
+    date = datetime.now(UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
+    agent_args = [
+        "--first-token-delay",
+        str(args.first_token_delay),
+        "--thoughts",
+        "0",
+        "--tool-calls",
+        "0",
+        "--chunks",
+        str(args.chunks),
+    ]
+    agent = fake_agent_command(*agent_args)
+    delay_ms = args.first_token_delay * 1000
+    runs: list[RunResult] = []
+    with tempfile.TemporaryDirectory(prefix="acp-bench-concurrency-") as tmp:
+        for n in range(args.runs):
+            order = ("B",) if args.no_baseline else ("A", "B")
+            for scenario in order:
+                if scenario == "A":
+                    result = await run_direct(agent, args.conversations, args.turns)
+                else:
+                    spy = Path(args.py_spy) if args.py_spy and n == 0 else None
+                    result = await run_through_proxy(
+                        Path(tmp) / f"run-{n}", agent, args.conversations, args.turns, spy
+                    )
+                runs.append(result)
+                warm = [s.ttft_ms - delay_ms for s in result.warm()]
+                stats = (
+                    f"overhead p50 {percentile(warm, 50):.1f} ms, p99 {percentile(warm, 99):.1f} ms"
+                    if warm
+                    else "no warm turns"
+                )
+                print(
+                    f"run {n + 1}/{args.runs} {scenario}: {len(result.samples)} turns, "
+                    f"{len(result.failures)} failures, set-up {result.setup_s:.1f} s, {stats}, "
+                    f"load {result.load[0]}",
+                    flush=True,
+                )
+                for failure in result.failures[:5]:
+                    print("  " + failure, flush=True)
+    body, passed = render(args, runs, agent_args)
+    header = f"Date: {date}  \nMachine: {machine()}  \nCommand: `{command}`\n"
+    print()
+    print(SECTION_TITLE)
+    print()
+    print(header)
+    print(body)
+    if args.write:
+        write_section(Path(args.write), SECTION_TITLE, header + "\n" + body)
+        print(f"wrote section to {args.write}")
+    return 0 if passed else 1
+
+
+def _entry() -> None:
+    sys.exit(anyio.run(main, backend="asyncio"))
+
+
+if __name__ == "__main__":
+    _entry()
