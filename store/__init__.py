@@ -25,7 +25,7 @@ from ._records import (
     WriteOp,
 )
 from ._schema import MIGRATIONS, SCHEMA_VERSION
-from ._sqlite import QUEUE_SIZE, SqliteStore, StoreStatistics, open_store
+from ._sqlite import QUEUE_SIZE, PendingCommit, SqliteStore, StoreStatistics, open_store
 
 __all__ = [
     "MIGRATIONS",
@@ -37,6 +37,7 @@ __all__ = [
     "AppendEvent",
     "DeleteSession",
     "FinishTurn",
+    "PendingCommit",
     "PutSession",
     "SchemaVersionError",
     "SessionRecord",

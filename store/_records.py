@@ -215,6 +215,10 @@ class SessionStore(Protocol):
         """Up to ``limit`` ``(seq, payload)`` pairs with ``after_seq < seq <= upto_seq``."""
         ...
 
+    async def last_events_of_kinds(self, session_id: str, kinds: Sequence[str]) -> dict[str, bytes]:
+        """The payload of the latest event of each of ``kinds`` that the session has."""
+        ...
+
     async def last_event_seq(self, session_id: str) -> int:
         """Return the highest event ``seq`` of a session, 0 if it has none."""
         ...

@@ -559,3 +559,24 @@ async def test_event_pages_cover_the_range_exactly(tmp_path: Path) -> None:
             assert all(payload == b'{"n":%d}' % seq for seq, payload in page)
             after = page[-1][0]
         assert seen == list(range(4, 22))
+
+
+async def test_last_events_of_kinds_gives_the_latest_payload_per_kind(tmp_path: Path) -> None:
+    """Only the newest event of each asked kind comes back; other kinds are ignored."""
+    async with open_store(tmp_path / "store.db") as db:
+        await db.commit([PutSession(session("s1"))])
+        await db.commit(
+            [
+                AppendEvent("s1", 1, 0, "available_commands_update", b'{"v":1}'),
+                AppendEvent("s1", 2, 1, "agent_message_chunk", b'{"v":2}'),
+                AppendEvent("s1", 3, 1, "available_commands_update", b'{"v":3}'),
+                AppendEvent("s1", 4, 1, "current_mode_update", b'{"v":4}'),
+            ]
+        )
+        latest = await db.last_events_of_kinds(
+            "s1", ["available_commands_update", "current_mode_update", "plan"]
+        )
+        assert latest == {
+            "available_commands_update": b'{"v":3}',
+            "current_mode_update": b'{"v":4}',
+        }
