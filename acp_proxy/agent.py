@@ -163,6 +163,7 @@ class AgentProcess:
         self._next_id = 0
         self._pending: dict[int, tuple[str, ReplyCallback]] = {}
         self._scope = anyio.CancelScope()
+        self._stopping = False
         self.outbox = Outbox(limit_bytes=1 << 62)
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.process: Process | None = None
@@ -216,6 +217,7 @@ class AgentProcess:
 
     def stop(self) -> None:
         """Ask the process to end (stdin closed, then signals); returns at once."""
+        self._stopping = True
         self._scope.cancel()
 
     async def _read_stdout(self) -> None:
@@ -356,7 +358,7 @@ class AgentProcess:
     @property
     def alive(self) -> bool:
         """True until the process has ended."""
-        return self.process is not None and not self.exited.is_set()
+        return self.process is not None and not self._stopping and not self.exited.is_set()
 
     @property
     def pending_requests(self) -> int:

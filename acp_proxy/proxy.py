@@ -22,7 +22,14 @@ import msgspec
 from anyio.abc import TaskGroup
 from msgspec import Raw
 
-from store import DeleteSession, FinishTurn, PutSession, SessionRecord, SqliteStore, UpdateSession
+from store import (
+    DeleteSession,
+    PutSession,
+    SessionRecord,
+    SqliteStore,
+    StoreError,
+    UpdateSession,
+)
 
 from .agent import UNBOUND, AgentError, AgentExited, AgentProcess, Batch
 from .attach import ENV_METHOD
@@ -49,7 +56,7 @@ from .protocol import (
     rewrite_members,
 )
 from .restore import restore_session
-from .session import Session
+from .session import STATE_KINDS, Session
 
 __all__ = ["Proxy"]
 
@@ -113,18 +120,13 @@ class Proxy:
 
     def evict(self, session: Session, reason: str) -> None:
         """Stop the agent of an idle session; it is restored on next use."""
-        agent = session.agent
-        assert agent is not None
-        # Not live from now on: a request arriving while it shuts down restores the session
-        # (after it has exited: some agents lock a session to one process).
-        session.agent, session.retiring = None, agent
+        agent = session.retire_agent()
         session.log.info(
             "session.evicted",
             reason=reason,
             idle_s=round(time.monotonic() - session.last_active, 3),
-            agent_pid=agent.pid,
+            agent_pid=agent.pid if agent else None,
         )
-        agent.stop()
 
     def make_room(self) -> None:
         """Before a session gets an agent: stop least recently used idle ones over the cap."""
@@ -277,10 +279,7 @@ class Proxy:
             # The agent process runs under another turn's billing/tracing values: restart it
             # through the restore ladder rather than bill this turn to the previous one.
             session.log.info("session.env_changed", names=sorted(env))
-            agent = session.agent
-            assert agent is not None
-            agent.stop()
-            await agent.exited.wait()
+            session.retire_agent()
         if env:
             session.env = env
         if not session.live:
@@ -305,10 +304,15 @@ class Proxy:
             )
         last_seq = await self.store.last_event_seq(sid)
         turn_seq = await self.store.last_turn_seq(sid)
+        state = await self.store.last_events_of_kinds(sid, sorted(STATE_KINDS))
         if sid in self.sessions:  # another connection got here first
             return self.sessions[sid]
         session = Session(self, record, last_seq=last_seq, turn_seq=turn_seq)
         session.delivered_seq = last_seq
+        for kind, payload in state.items():
+            update = object_members(payload).get("update")
+            if update is not None:
+                session.last_state[kind] = bytes(update)
         self.sessions[sid] = session
         return session
 
@@ -472,27 +476,20 @@ class Proxy:
                 SESSION_BUSY,
                 {"kind": "turn_in_progress", "sessionId": session.id, "turn": session.turn.seq},
             )
-        agent = session.agent
         ops = session.begin_turn(client, req, received)
         try:
-            await self.store.commit(ops)
+            # Queued now, in order before anything the agent answers; the prompt goes out
+            # without waiting for the disk (the commit is awaited right after).
+            pending = self.store.submit(ops)
         except BaseException:
             session.turn = None
             raise
-        if not session.live:  # the agent died while we were recording the prompt
-            turn, session.turn = session.turn, None
-            assert turn is not None and agent is not None
-            await self.store.commit(
-                [FinishTurn(session.id, turn.seq, time.time(), None, "error", None, None)]
-            )
-            info = agent.exit_info.as_data() if agent.exit_info else {"kind": "agent_exited"}
-            raise LocalProtocolError(
-                f"the agent of session {session.id} ended before the prompt could be sent; "
-                "nothing was sent: send the prompt again to restore the session",
-                INTERNAL_ERROR,
-                {**info, "sessionId": session.id, "turnOutcome": "not_sent"},
-            )
-        session.forward_prompt(req)
+        user_last_seq = session.forward_prompt(req)
+        try:
+            await self.store.wait_committed(pending)
+        except StoreError:
+            session.log.exception("store.commit_failed", what="turn start")
+        session.mark_delivered(user_last_seq)
 
     async def _session_cancel_request(self, client: ClientConnection, req: Request) -> None:
         # Some clients send session/cancel as a request (open-design): honour and answer it.
@@ -605,10 +602,8 @@ class Proxy:
     def _end_agent(self, session: Session) -> None:
         if session.turn is not None:
             session.cancel_turn()
-        agent = session.agent
-        if agent is not None:
-            agent.stop()
         self.log_session(session, "session.closed")
+        session.retire_agent()
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -161,6 +161,7 @@ async def restore_session(
     agent, setup = await proxy.acquire_agent(session.record.cwd, session.env)
     agent.handler = session
     session.agent = agent
+    session.quiet_state = True
     params = _bind_params(session, mcp_servers, additional_directories)
     try:
         rung, answer = await _rebind(proxy, session, agent, params)
@@ -179,6 +180,7 @@ async def restore_session(
             RESOURCE_NOT_FOUND,
             {"kind": "restore_failed", "sessionId": session.id, "reason": str(exc)},
         ) from None
+    session.quiet_state = True
     session.record = msgspec.structs.replace(
         session.record, upstream_session_id=session.upstream_id, state="active"
     )

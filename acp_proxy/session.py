@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from .client import ClientConnection
     from .proxy import Proxy
 
-__all__ = ["ForwardedRequest", "Session", "Turn"]
+__all__ = ["STATE_KINDS", "ForwardedRequest", "Session", "Turn"]
 
 _encoder: Final = msgspec.json.Encoder()
 _any_decoder: Final = msgspec.json.Decoder()
@@ -64,6 +64,10 @@ _blocks_decoder: Final = msgspec.json.Decoder(list[Raw])
 #: between pages (a 100 000-event load is ~50 pages).
 REPLAY_PAGE_EVENTS: Final = 2000
 _CANCELLED: Final = b'{"outcome":{"outcome":"cancelled"}}'
+#: Updates that describe session state, not conversation: repeated copies are not recorded.
+STATE_KINDS: Final = frozenset(
+    {"available_commands_update", "current_mode_update", "config_option_update"}
+)
 #: Agent updates that count as the model's first token.
 _TOKEN_KINDS: Final = frozenset({"agent_message_chunk", "agent_thought_chunk"})
 
@@ -129,6 +133,10 @@ class Session:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     #: per-process environment values the agent runs with (``Config.per_process_env``)
     env: dict[str, str] = field(default_factory=dict)
+    #: last recorded update of each state kind (raw), to skip repeats after a restore
+    last_state: dict[str, bytes] = field(default_factory=dict)
+    #: from a restore to the next prompt: identical state repeats are not recorded
+    quiet_state: bool = False
     turns_completed: int = 0
     updates_recorded: int = 0
     created_mono: float = field(default_factory=time.monotonic)
@@ -142,6 +150,16 @@ class Session:
     def id(self) -> str:
         """The proxy's session id."""
         return self.record.id
+
+    def retire_agent(self) -> AgentProcess | None:
+        """Stop this session's agent. The session is not live from this moment: a request
+        arriving while the process shuts down restores the conversation, once the old
+        process has exited (some agents lock a session to one process)."""
+        agent, self.agent = self.agent, None
+        if agent is not None:
+            self.retiring = agent
+            agent.stop()
+        return agent
 
     def touch(self) -> None:
         """Record activity (idle eviction counts only real work)."""
@@ -206,6 +224,14 @@ class Session:
         self.last_active = time.monotonic()
         update = members.get("update")
         kind = update_kind(update) if update is not None else ""
+        if kind in STATE_KINDS and update is not None:
+            if self.quiet_state and self.last_state.get(kind) == bytes(update):
+                # Agents repeat their state after a load/resume (opencode: the commands, after
+                # every restore): an identical repeat then is not part of the conversation.
+                line = encode_notification("session/update", payload)
+                batch.deliveries.append(lambda: self._deliver(0, line))
+                return
+            self.last_state[kind] = bytes(update)
         self.last_seq += 1
         seq = self.last_seq
         turn = self.turn
@@ -430,6 +456,7 @@ class Session:
                 INVALID_PARAMS,
             )
         self.attach(client)
+        self.quiet_state = False
         self.turn_seq += 1
         setup = self.setup or SetupTimings()
         self.setup = None
@@ -462,8 +489,8 @@ class Session:
         ops.append(UpdateSession(self.id, turn.started_wall))
         return ops
 
-    def forward_prompt(self, req: Request) -> None:
-        """Send the prompt of the current turn to the agent."""
+    def forward_prompt(self, req: Request) -> int:
+        """Send the prompt of the current turn to the agent; returns its last user event."""
         turn, agent = self.turn, self.agent
         assert turn is not None and agent is not None and self.upstream_id is not None
         members = object_members(req.params)
@@ -474,14 +501,17 @@ class Session:
             changes["prompt"] = [self.seed, *blocks]
             self.seed = None
         params = rewrite_members(members, **changes)
-        # The user's blocks are committed now; the client sent them itself, so they count as
-        # delivered without being sent back.
-        self.delivered_seq = max(self.delivered_seq, turn.user_last_seq)
         turn.forwarded_at = time.monotonic()
         turn.queue_ms = (turn.forwarded_at - turn.received_at) * 1000
         turn.bytes_upstream = len(params)
         turn.agent_request_id = agent.send_request("session/prompt", params, self._on_prompt_reply)
         turn.client.inflight[turn.client_id] = (agent, turn.agent_request_id)
+        return turn.user_last_seq
+
+    def mark_delivered(self, seq: int) -> None:
+        """Events up to ``seq`` are committed and the client has them (the user's own blocks
+        count as delivered without being sent back): a load from now on replays them."""
+        self.delivered_seq = max(self.delivered_seq, seq)
 
     def cancel_turn(self) -> None:
         """``session/cancel``: reaches the agent at once; pending permissions get cancelled."""

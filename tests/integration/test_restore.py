@@ -67,7 +67,7 @@ async def test_each_rung_restores_a_conversation_that_the_agent_then_holds(
         assert reply.result["_meta"]["acp-proxy"]["agent"] == f"restored:{rung}"
         assert await _pid(c, sid) != old_pid
         # Nothing the agent replayed while being restored was recorded or forwarded.
-        turn3 = db_rows(p.db, "SELECT count(*) FROM events WHERE turn = 3")[0][0]
+        turn3 = db_rows(p.db, conversation + " AND turn = 3")[0][0]
         assert db_rows(p.db, conversation)[0][0] == events_before + turn3
         assert all(
             n["params"]["update"]["sessionUpdate"] != "user_message_chunk"
@@ -95,6 +95,7 @@ async def test_mode_and_model_are_reapplied_after_restore(tmp: Path) -> None:
         )
         await _close_agent(c, sid)
         reply = await c.prompt(sid, "which mode?")
+        assert reply.error is None, reply.error
         assert "mode=plan; model=fake/echo-2" in summary(reply.updates())
 
 
