@@ -38,6 +38,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     db: str = ""
     #: The agent command line, e.g. ``["opencode", "acp"]``.
     agent_command: list[str] = msgspec.field(default_factory=list)
+    #: Working directory of agents started before their session is known (warm spares) and
+    #: of sessions whose cwd does not exist on this host. Empty: the proxy's own. Some agents
+    #: (opencode) treat it as a project and write config there: point it at an empty dir.
+    agent_cwd: str = ""
     #: Name recorded with each session; later, one proxy may serve several agent profiles.
     agent_profile: str = "default"
     #: Socket file mode: owner only, since anyone who can connect can drive the agents.

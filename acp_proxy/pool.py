@@ -54,6 +54,8 @@ class AgentPool:
         #: the agent command's ``initialize`` result, learnt from the first agent started
         self.agent_info: dict[str, Any] | None = None
         self._info_lock = anyio.Lock()
+        self._spares_starting = 0
+        self._spare_settled = anyio.Event()  #: set (and replaced) when a spare start ends
         #: ``authenticate`` params a client used; replayed on every agent spawned later
         self.auth_params: Raw | None = None
         self.log = get_logger(component="pool")
@@ -64,11 +66,16 @@ class AgentPool:
             self.tg.start_soon(self._add_spare)
 
     async def _add_spare(self) -> None:
+        self._spares_starting += 1
         try:
             agent = await self.spawn(None)
         except AgentStartError as exc:
             self.log.error("agent.spare_failed", error=exc.message, data=exc.data)
             return
+        finally:
+            self._spares_starting -= 1
+            self._spare_settled.set()
+            self._spare_settled = anyio.Event()
         self.spares.append(agent)
 
     async def spawn(self, cwd: str | None, env: dict[str, str] | None = None) -> AgentProcess:
@@ -80,7 +87,7 @@ class AgentPool:
         config = self.config
         agent = AgentProcess(
             config.agent_command,
-            cwd=_usable_dir(cwd),
+            cwd=_usable_dir(cwd) or config.agent_cwd or None,
             env={**os.environ, **env} if env else None,
             commit=self._commit,
             max_line_bytes=config.max_line_bytes,
@@ -145,6 +152,10 @@ class AgentPool:
     async def ensure_agent_info(self) -> dict[str, Any]:
         """The agent command's ``initialize`` result, spawning a spare to learn it if needed."""
         async with self._info_lock:
+            # A spare already starting will tell: a second agent started beside it would
+            # race it (opencode: two first starts on one data dir, "database is locked").
+            while self.agent_info is None and self._spares_starting:
+                await self._spare_settled.wait()
             if self.agent_info is None:
                 self.spares.append(await self.spawn(None))
             assert self.agent_info is not None
