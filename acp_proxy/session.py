@@ -250,7 +250,9 @@ class Session:
     def _apply_state_update(self, kind: str, update: Raw, batch: Batch) -> None:
         try:
             body = _any_decoder.decode(update)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return
+        if not isinstance(body, dict):
             return
         if kind == "current_mode_update" and isinstance(body.get("currentModeId"), str):
             self.set_current_mode(body["currentModeId"], batch.ops)
