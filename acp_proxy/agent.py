@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -22,6 +22,8 @@ import anyio
 import msgspec
 from anyio.abc import Process, TaskStatus
 from msgspec import Raw
+
+from store import PendingCommit, SessionStore, StoreError
 
 from .logs import get_logger
 from .outbox import Outbox
@@ -55,6 +57,8 @@ __all__ = [
     "ReplyCallback",
 ]
 
+#: Decided-but-undelivered output batches per agent (each at most one 64 KiB read).
+PIPELINE_BATCHES: Final = 8
 #: Lines of agent stderr kept for error reports.
 STDERR_TAIL_LINES: Final = 20
 _PROXY_VERSION: Final = "0.1.0"
@@ -149,7 +153,7 @@ class AgentProcess:
         *,
         cwd: str | None,
         env: dict[str, str] | None,
-        commit: Callable[[list[Any]], Awaitable[None]],
+        store: SessionStore,
         max_line_bytes: int,
         kill_grace_s: float,
     ) -> None:
@@ -157,7 +161,13 @@ class AgentProcess:
         self.cwd = cwd
         self.env = env
         self.handler: AgentHandler = UNBOUND
-        self._commit = commit
+        self._store = store
+        # Decided batches waiting for their commit, then delivery. Bounded: reading goes on
+        # while SQLite commits (the writer groups what queues meanwhile), but never runs more
+        # than PIPELINE_BATCHES reads ahead of the client.
+        self._decided_send, self._decided_receive = anyio.create_memory_object_stream[
+            tuple[PendingCommit | None, Batch]
+        ](PIPELINE_BATCHES)
         self._max_line_bytes = max_line_bytes
         self._kill_grace_s = kill_grace_s
         self._next_id = 0
@@ -204,7 +214,10 @@ class AgentProcess:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._drain_stderr)
                     tg.start_soon(self._write_stdin)
-                    await self._read_stdout()
+                    async with anyio.create_task_group() as pipeline:
+                        pipeline.start_soon(self._deliver_decided)
+                        async with self._decided_send:
+                            await self._read_stdout()
                     tg.cancel_scope.cancel()
         except Exception:
             # A bug met while serving this agent ends this agent (its session can be
@@ -251,13 +264,29 @@ class AgentProcess:
                     entry[1](msg, batch)
             else:
                 self.handler.on_agent_message(self, msg, batch)
-        await self._run_batch(batch)
+        # Queued now (commit order = decision order), delivered by _deliver_decided once
+        # committed: an update reaches a client only when it is in the store.
+        await self._decided_send.send((self._submit(batch), batch))
 
-    async def _run_batch(self, batch: Batch) -> None:
-        if batch.ops:
+    def _submit(self, batch: Batch) -> PendingCommit | None:
+        if not batch.ops:
+            return None
+        try:
+            return self._store.submit(batch.ops)
+        except StoreError:  # the store failing must not silence the conversation
+            self.log.exception("store.commit_failed", ops=len(batch.ops))
+            return None
+
+    async def _deliver_decided(self) -> None:
+        async with self._decided_receive:
+            async for pending, batch in self._decided_receive:
+                await self._deliver_when_committed(pending, batch)
+
+    async def _deliver_when_committed(self, pending: PendingCommit | None, batch: Batch) -> None:
+        if pending is not None:
             try:
-                await self._commit(batch.ops)
-            except Exception:  # the store failing must not silence the conversation
+                await self._store.wait_committed(pending)
+            except StoreError:
                 self.log.exception("store.commit_failed", ops=len(batch.ops))
         for deliver in batch.deliveries:
             deliver()
@@ -325,7 +354,7 @@ class AgentProcess:
             callback(reply, batch)
         self.handler.on_agent_exit(self, batch)
         self.exited.set()
-        await self._run_batch(batch)
+        await self._deliver_when_committed(self._submit(batch), batch)
 
     # -- sending -----------------------------------------------------------------------------
 

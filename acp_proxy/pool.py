@@ -9,13 +9,14 @@ client's ``initialize`` the agent command's capabilities.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 from msgspec import Raw
+
+from store import SessionStore
 
 from .agent import AgentError, AgentExited, AgentProcess
 from .config import Config
@@ -45,11 +46,11 @@ class AgentPool:
         self,
         config: Config,
         tg: TaskGroup,
-        commit: Callable[[list[Any]], Awaitable[None]],
+        store: SessionStore,
     ) -> None:
         self.config = config
         self.tg = tg
-        self._commit = commit
+        self._store = store
         self.spares: list[AgentProcess] = []
         #: the agent command's ``initialize`` result, learnt from the first agent started
         self.agent_info: dict[str, Any] | None = None
@@ -89,7 +90,7 @@ class AgentPool:
             config.agent_command,
             cwd=_usable_dir(cwd) or config.agent_cwd or None,
             env={**os.environ, **env} if env else None,
-            commit=self._commit,
+            store=self._store,
             max_line_bytes=config.max_line_bytes,
             kill_grace_s=config.kill_grace_s,
         )

@@ -82,7 +82,7 @@ class Proxy:
         self.store = store
         self.tg = tg
         self.sessions: dict[str, Session] = {}
-        self.pool = AgentPool(config, tg, store.commit)
+        self.pool = AgentPool(config, tg, store)
         self._clients = 0
         self.log = get_logger(component="proxy")
         self._requests: dict[str, Handler] = {

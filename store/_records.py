@@ -8,7 +8,7 @@ unknown update kinds and ``_meta`` survive a round trip byte for byte.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -192,6 +192,23 @@ class SessionStore(Protocol):
 
         Raises:
             StoreError: The ops were not committed.
+        """
+        ...
+
+    def submit(self, ops: Sequence[WriteOp]) -> Any:
+        """Queue ``ops`` in commit order without waiting; returns a handle for
+        `wait_committed`.
+
+        Raises:
+            StoreError: Nothing was queued.
+        """
+        ...
+
+    async def wait_committed(self, pending: Any) -> None:
+        """Wait until ops queued by `submit` are committed.
+
+        Raises:
+            StoreError: They were not committed.
         """
         ...
 
