@@ -221,10 +221,15 @@ class AcpClient:
 
     async def request(self, method: str, params: Any, *, ident: Any = None) -> Reply:
         """Send a request and wait for its answer."""
-        ident = self.start_request(method, params, ident)
         sent = time.perf_counter()
-        await self.send({"jsonrpc": "2.0", "id": ident, "method": method, "params": params})
+        ident = await self.send_request(method, params, ident=ident)
         return await self.wait_reply(ident, sent_at=sent)
+
+    async def send_request(self, method: str, params: Any, *, ident: Any = None) -> Any:
+        """Send a request without waiting; :meth:`wait_reply` with the returned id gets it."""
+        ident = self.start_request(method, params, ident)
+        await self.send({"jsonrpc": "2.0", "id": ident, "method": method, "params": params})
+        return ident
 
     async def wait_reply(self, ident: Any, *, sent_at: float | None = None) -> Reply:
         """Wait for the answer to request ``ident``."""
@@ -299,7 +304,12 @@ class AcpClient:
 
     async def prompt(self, session_id: str, text: str) -> Reply:
         """``session/prompt`` with one text block."""
-        return await self.request(
-            "session/prompt",
-            {"sessionId": session_id, "prompt": [{"type": "text", "text": text}]},
-        )
+        return await self.request("session/prompt", _text_prompt(session_id, text))
+
+    async def start_prompt(self, session_id: str, text: str) -> Any:
+        """``session/prompt`` with one text block, without waiting; returns the request id."""
+        return await self.send_request("session/prompt", _text_prompt(session_id, text))
+
+
+def _text_prompt(session_id: str, text: str) -> dict[str, Any]:
+    return {"sessionId": session_id, "prompt": [{"type": "text", "text": text}]}

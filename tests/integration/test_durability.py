@@ -43,20 +43,6 @@ MAX_KILL_DELAY_S = 0.4
 # -- helpers -------------------------------------------------------------------------------
 
 
-async def _start_prompt(c: AcpClient, sid: str, text: str) -> int:
-    """Send a ``session/prompt`` without waiting for its answer; returns the request id."""
-    ident = c.start_request("session/prompt", None)
-    await c.send(
-        {
-            "jsonrpc": "2.0",
-            "id": ident,
-            "method": "session/prompt",
-            "params": {"sessionId": sid, "prompt": [{"type": "text", "text": text}]},
-        }
-    )
-    return ident
-
-
 def _answer(c: AcpClient, ident: int) -> dict[str, Any] | None:
     """The answer to request ``ident`` if the client received one."""
     return next((m for m in c.messages if m.get("id") == ident and "method" not in m), None)
@@ -217,7 +203,7 @@ async def _run_until_killed(trial: Trial) -> tuple[list[Seen], set[tuple[int, st
         agents |= _children(p.pid)  # the warm spare too (scanned now: a scan takes a few ms)
         before = [len(c.updates(sid)) for c, sid in zip(clients, sids, strict=True)]
         idents = [
-            await _start_prompt(c, sid, f'fake:{{"chunks": {n}, "chunk_delay": {CHUNK_DELAY_S}}}')
+            await c.start_prompt(sid, f'fake:{{"chunks": {n}, "chunk_delay": {CHUNK_DELAY_S}}}')
             for c, sid, n in zip(clients, sids, trial.chunks, strict=True)
         ]
         await trio.sleep(trial.delay)
@@ -308,7 +294,7 @@ async def test_turn_cut_by_kill_is_unknown_after_restart_and_never_resent(
         sid = await c.new_session(str(tmp))
         assert (await c.prompt(sid, "first")).error is None
         since = len(c.messages)
-        await _start_prompt(c, sid, 'fake:{"hang": true} the turn cut by the kill')
+        await c.start_prompt(sid, 'fake:{"hang": true} the turn cut by the kill')
         await c.wait_for(
             lambda m: (
                 m.get("params", {}).get("update", {}).get("sessionUpdate") == "agent_message_chunk"

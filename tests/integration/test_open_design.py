@@ -132,18 +132,7 @@ async def test_cancel_as_a_request_is_answered(tmp: Path, real_binary: str) -> N
     async with proxy(tmp, extra_args=profile) as p, daemon_turn(p, real_binary, {}) as c:
         new = await c.request("session/new", {"cwd": str(tmp), "mcpServers": []})
         handle = new.unwrap()["sessionId"]
-        ident = c.start_request("session/prompt", None)
-        await c.send(
-            {
-                "jsonrpc": "2.0",
-                "id": ident,
-                "method": "session/prompt",
-                "params": {
-                    "sessionId": handle,
-                    "prompt": [{"type": "text", "text": 'fake:{"hang": true}'}],
-                },
-            }
-        )
+        ident = await c.start_prompt(handle, 'fake:{"hang": true}')
         await c.wait_for(lambda m: m.get("method") == "session/update")
         cancel = await c.request("session/cancel", {"sessionId": handle})
         assert cancel.error is None

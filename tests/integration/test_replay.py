@@ -104,15 +104,7 @@ async def test_client_leaving_mid_turn_keeps_the_turn_and_a_later_load_sees_all(
     async with proxy(tmp) as p:
         async with client(p) as c1:
             sid = await c1.new_session(str(tmp))
-            ident = c1.start_request("session/prompt", None)
-            await c1.send(
-                {
-                    "jsonrpc": "2.0",
-                    "id": ident,
-                    "method": "session/prompt",
-                    "params": {"sessionId": sid, "prompt": [{"type": "text", "text": directive}]},
-                }
-            )
+            await c1.start_prompt(sid, directive)
             await c1.wait_for(
                 lambda m: (
                     m.get("params", {}).get("update", {}).get("sessionUpdate")

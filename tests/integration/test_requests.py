@@ -7,24 +7,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from acp_proxy.testing.client import AcpClient
-
 from .conftest import client, db_rows, eventually, proxy, summary
 
 pytestmark = pytest.mark.trio
-
-
-async def _prompt_in_background(c: AcpClient, sid: str, text: str) -> int:
-    ident = c.start_request("session/prompt", None)
-    await c.send(
-        {
-            "jsonrpc": "2.0",
-            "id": ident,
-            "method": "session/prompt",
-            "params": {"sessionId": sid, "prompt": [{"type": "text", "text": text}]},
-        }
-    )
-    return ident
 
 
 def _is_update(kind: str):
@@ -65,7 +50,7 @@ async def test_cancel_mid_turn_ends_it_cancelled(tmp: Path) -> None:
     """``session/cancel`` reaches the agent at once; the prompt answers stopReason cancelled."""
     async with proxy(tmp) as p, client(p) as c:
         sid = await c.new_session(str(tmp))
-        ident = await _prompt_in_background(c, sid, 'fake:{"hang": true}')
+        ident = await c.start_prompt(sid, 'fake:{"hang": true}')
         await c.wait_for(_is_update("agent_message_chunk"))
         await c.notify("session/cancel", {"sessionId": sid})
         with trio.fail_after(5):
@@ -83,7 +68,7 @@ async def test_cancel_while_permission_pending_answers_it_cancelled(tmp: Path) -
     """Pending permission requests of a cancelled turn are answered cancelled by the proxy."""
     async with proxy(tmp, "--permission") as p, client(p, auto_answer=False) as c:
         sid = await c.new_session(str(tmp))
-        ident = await _prompt_in_background(c, sid, "ask me")
+        ident = await c.start_prompt(sid, "ask me")
         await c.wait_for(lambda m: m.get("method") == "session/request_permission")
         await c.request("session/cancel", {"sessionId": sid})  # as a request, like open-design
         with trio.fail_after(5):
@@ -95,7 +80,7 @@ async def test_cancel_request_is_translated_per_hop(tmp: Path) -> None:
     """``$/cancel_request`` for the client's prompt id cancels the agent's prompt."""
     async with proxy(tmp) as p, client(p) as c:
         sid = await c.new_session(str(tmp))
-        ident = await _prompt_in_background(c, sid, 'fake:{"hang": true}')
+        ident = await c.start_prompt(sid, 'fake:{"hang": true}')
         await c.wait_for(_is_update("agent_message_chunk"))
         await c.notify("$/cancel_request", {"requestId": ident})
         with trio.fail_after(5):
@@ -107,7 +92,7 @@ async def test_second_prompt_during_a_turn_is_refused(tmp: Path) -> None:
     """One prompt at a time per session: the second gets a clear error, the first goes on."""
     async with proxy(tmp) as p, client(p) as c:
         sid = await c.new_session(str(tmp))
-        ident = await _prompt_in_background(c, sid, 'fake:{"hang": true}')
+        ident = await c.start_prompt(sid, 'fake:{"hang": true}')
         await c.wait_for(_is_update("agent_message_chunk"))
         second = await c.prompt(sid, "me too")
         assert second.error["code"] == -32010
@@ -123,7 +108,7 @@ async def test_agent_request_with_no_client_attached_is_answered(tmp: Path) -> N
     async with proxy(tmp, "--permission", "--first-token-delay", "0.3") as p:
         async with client(p) as c1:
             sid = await c1.new_session(str(tmp))
-            await _prompt_in_background(c1, sid, "ask while nobody is there")
+            await c1.start_prompt(sid, "ask while nobody is there")
         await eventually(lambda: db_rows(p.db, "SELECT outcome FROM turns") == [("cancelled",)])
         logs = [entry["event"] for entry in p.logs()]
         assert "permission.answered_unattached" in logs

@@ -131,18 +131,7 @@ async def test_agent_sigkill_mid_turn_then_next_prompt_restores(tmp: Path) -> No
         await c.prompt(sid, "first")
         pid = await _pid(c, sid)
         since = len(c.messages)
-        ident = c.start_request("session/prompt", None)
-        await c.send(
-            {
-                "jsonrpc": "2.0",
-                "id": ident,
-                "method": "session/prompt",
-                "params": {
-                    "sessionId": sid,
-                    "prompt": [{"type": "text", "text": 'fake:{"hang": true}'}],
-                },
-            }
-        )
+        ident = await c.start_prompt(sid, 'fake:{"hang": true}')
         await c.wait_for(
             lambda m: (
                 m.get("params", {}).get("update", {}).get("sessionUpdate") == "agent_message_chunk"

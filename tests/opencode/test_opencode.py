@@ -244,18 +244,7 @@ async def test_agent_killed_mid_turn_then_next_prompt_restores(opencode: Opencod
             sid = await _first_turn(c, oc)
             pid = agent_pid(p, sid)
             since = len(c.messages)
-            ident = c.start_request("session/prompt", None)
-            await c.send(
-                {
-                    "jsonrpc": "2.0",
-                    "id": ident,
-                    "method": "session/prompt",
-                    "params": {
-                        "sessionId": sid,
-                        "prompt": [{"type": "text", "text": f"{SLOW_REPLY} please"}],
-                    },
-                }
-            )
+            ident = await c.start_prompt(sid, f"{SLOW_REPLY} please")
             await c.wait_for(
                 lambda m: (
                     m.get("params", {}).get("update", {}).get("sessionUpdate")
