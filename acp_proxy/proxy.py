@@ -50,6 +50,7 @@ from .protocol import (
     Notification,
     ProtocolError,
     Request,
+    RequestId,
     Response,
     get_str,
     object_members,
@@ -72,6 +73,10 @@ Handler = Callable[[ClientConnection, Request], Awaitable[None]]
 
 class _EnvParams(msgspec.Struct):
     env: dict[str, str]
+
+
+class _CancelParams(msgspec.Struct):
+    requestId: RequestId  # ACP wire name
 
 
 class Proxy:
@@ -169,7 +174,10 @@ class Proxy:
     async def handle(self, client: ClientConnection, msg: Message) -> None:
         """Handle one request or notification from a client."""
         if isinstance(msg, Notification):
-            self._handle_notification(client, msg)
+            try:
+                self._handle_notification(client, msg)
+            except ProtocolError as exc:  # nobody to answer: a notification has no id
+                client.log.warning("client.bad_notification", method=msg.method, error=exc.message)
             return
         assert isinstance(msg, Request)
         handler = self._requests.get(msg.method)
@@ -214,7 +222,7 @@ class Proxy:
         if msg.method == ENV_METHOD:
             try:
                 env = msgspec.json.decode(msg.params, type=_EnvParams).env
-            except (msgspec.DecodeError, UnicodeDecodeError):
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 client.log.warning("client.bad_env_notification")
                 return
             client.env = env
@@ -226,8 +234,9 @@ class Proxy:
         elif msg.method == "$/cancel_request":
             # Hop-scoped (acp-notes §7.4): the agent gets its own id, never the client's.
             try:
-                target = _decoder.decode(msg.params).get("requestId")
-            except (msgspec.DecodeError, AttributeError):
+                target = msgspec.json.decode(msg.params, type=_CancelParams).requestId
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                client.log.warning("client.bad_cancel_request")
                 return
             entry = client.inflight.get(target)
             if entry is not None and entry[0].alive:

@@ -55,6 +55,27 @@ async def test_malformed_lines_get_errors_and_the_connection_goes_on(tmp: Path) 
         assert "holds 0 earlier turns" in summary(reply.updates())
 
 
+async def test_malformed_notifications_are_dropped_and_the_connection_goes_on(tmp: Path) -> None:
+    """Notifications cannot be answered: bad ones are logged, and nothing else changes."""
+    async with proxy(tmp) as p, client(p) as c:
+        sid = await c.new_session(str(tmp))
+        for line in (
+            b'{"jsonrpc":"2.0","method":"_x/y","params":[1, 2]}',
+            b'{"jsonrpc":"2.0","method":"$/cancel_request","params":{"requestId":{"a":1}}}',
+            b'{"jsonrpc":"2.0","method":"$/cancel_request"}',
+            b'{"jsonrpc":"2.0","method":"session/cancel","params":[]}',
+            b'{"jsonrpc":"2.0","method":"_acp-proxy/env","params":{"env":{"A":1}}}',
+            b'{"jsonrpc":"2.0","method":"unknown/notification","params":{}}',
+        ):
+            await c.send_raw(line + b"\n")
+        reply = await c.prompt(sid, "still fine")
+        assert "holds 0 earlier turns" in summary(reply.updates())
+        assert not [m for m in c.messages if "error" in m]
+        events = {e["event"] for e in p.logs()}
+        assert {"client.bad_cancel_request", "client.bad_env_notification"} <= events
+        assert "client.crashed" not in events
+
+
 async def test_agent_that_exits_at_spawn_gives_a_clear_error(tmp: Path) -> None:
     """A broken agent command is reported with its exit code and stderr, and nothing hangs."""
     async with proxy(tmp, "--exit-at-start", "3") as p:
