@@ -561,9 +561,15 @@ class Proxy:
 
     async def _session_list(self, client: ClientConnection, req: Request) -> None:
         members = object_members(req.params)
-        records, next_cursor = await self.store.list_sessions(
-            cwd=get_str(members, "cwd"), cursor=get_str(members, "cursor")
-        )
+        try:
+            records, next_cursor = await self.store.list_sessions(
+                cwd=get_str(members, "cwd"), cursor=get_str(members, "cursor")
+            )
+        except ValueError:
+            raise LocalProtocolError(
+                'Invalid params: "cursor" must be a nextCursor from an earlier session/list',
+                INVALID_PARAMS,
+            ) from None
         sessions = []
         for record in records:
             item: dict[str, Any] = {

@@ -72,6 +72,8 @@ async def test_list_close_delete(tmp: Path) -> None:
         listed = (await c.request("session/list", {})).unwrap()["sessions"]
         assert [s["sessionId"] for s in listed] == [a, b]  # most recently updated first
         assert listed[0]["updatedAt"].endswith("Z")
+        bogus = await c.request("session/list", {"cursor": "not-a-cursor"})
+        assert bogus.error["code"] == -32602
         only = (await c.request("session/list", {"cwd": str(other)})).unwrap()["sessions"]
         assert [s["sessionId"] for s in only] == [b]
         pid = (await c.request("_fake/state", {"sessionId": a})).unwrap()["pid"]
