@@ -27,14 +27,9 @@ turn).
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shlex
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -42,7 +37,18 @@ import msgspec
 
 from acp_proxy.testing.client import AcpClient
 from acp_proxy.testing.proxy_process import fake_agent_command, run_proxy
-from bench.continued_turn import INTRO, machine
+from bench._common import (
+    Stamp,
+    agent_text,
+    int_list,
+    least_squares_slope,
+    new_parser,
+    parse,
+    proxy_meta,
+    report,
+    row,
+    run_main,
+)
 
 SECTION_TITLE = "## 7. Bytes sent to the agent per continued turn"
 TOLERANCE = 0.05  #: every turn's proxy bytes within 5 % of turn 1
@@ -83,15 +89,9 @@ def daemon_bytes(turns: list[Turn]) -> None:
 
 def growth(values: Sequence[int]) -> float:
     """Least-squares slope of values against 1..len(values), per extra turn."""
-    n = len(values)
-    if n < 2:
+    if len(values) < 2:
         return 0.0
-    xs = range(1, n + 1)
-    mean_x = (n + 1) / 2
-    mean_y = sum(values) / n
-    num = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, values, strict=True))
-    den = sum((x - mean_x) ** 2 for x in xs)
-    return num / den
+    return least_squares_slope(range(1, len(values) + 1), values)
 
 
 async def run_conversation(socket: str, count: int) -> list[Turn]:
@@ -105,14 +105,10 @@ async def run_conversation(socket: str, count: int) -> list[Turn]:
             with anyio.fail_after(TURN_LIMIT_S):
                 reply = await client.prompt(session_id, text)
             result = reply.unwrap("session/prompt")
-            meta = (result.get("_meta") or {}).get("acp-proxy") or {}
+            meta = proxy_meta(result)
             if n > 1 and meta.get("agent") != "warm":
                 raise RuntimeError(f"turn {n}: served by a {meta.get('agent')} agent, not warm")
-            answer = "".join(
-                u.get("content", {}).get("text", "")
-                for u in reply.updates()
-                if u.get("sessionUpdate") == "agent_message_chunk"
-            )
+            answer = agent_text(reply.updates())
             if f"context holds {n - 1} earlier turns" not in answer:
                 raise RuntimeError(f"turn {n}: the agent did not continue the conversation")
             turns.append(Turn(n, text, answer, int(meta["bytes_upstream"])))
@@ -122,10 +118,6 @@ async def run_conversation(socket: str, count: int) -> list[Turn]:
 
 
 # -- report ------------------------------------------------------------------------------------
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
 
 
 def render(args: argparse.Namespace, turns: list[Turn]) -> tuple[str, bool]:
@@ -143,7 +135,7 @@ def render(args: argparse.Namespace, turns: list[Turn]) -> tuple[str, bool]:
         "",
         "Bytes of `session/prompt` params written to the agent:",
         "",
-        _row(
+        row(
             [
                 "turns N",
                 "proxy: turn N",
@@ -153,11 +145,11 @@ def render(args: argparse.Namespace, turns: list[Turn]) -> tuple[str, bool]:
                 "daemon / proxy, turn N",
             ]
         ),
-        _row(["---:", "---:", "---:", "---:", "---:", "---:"]),
+        row(["---:", "---:", "---:", "---:", "---:", "---:"]),
     ]
     for n in args.turns:
         lines.append(
-            _row(
+            row(
                 [
                     str(n),
                     f"{proxy[n - 1]:,}",
@@ -181,58 +173,17 @@ def render(args: argparse.Namespace, turns: list[Turn]) -> tuple[str, bool]:
     return "\n".join(lines) + "\n", passed
 
 
-def command_line() -> str:
-    exe = sys.executable
-    try:
-        rel = os.path.relpath(exe)
-        if not rel.startswith(".."):
-            exe = rel
-    except ValueError:
-        pass
-    return shlex.join([exe, "-m", "bench.bytes_per_turn", *sys.argv[1:]])
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Write or replace the section ``title``; keep every other section as it is.
-
-    A new section goes before the first section with a higher number, else at the end.
-    """
-    text = path.read_text() if path.exists() else ""
-    if not text.strip():
-        text = INTRO
-    section = f"{title}\n\n{body.rstrip()}\n"
-    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1)
-    else:
-        number = int(re.match(r"## (\d+)\.", title).group(1))  # type: ignore[union-attr]
-        later = [m for m in re.finditer(r"^## (\d+)\.", text, re.M) if int(m.group(1)) > number]
-        if later:
-            at = later[0].start()
-            text = text[:at] + section + "\n" + text[at:]
-        else:
-            text = text.rstrip() + "\n\n" + section
-    path.write_text(text.rstrip() + "\n")
-
-
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.bytes_per_turn",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = new_parser("bytes_per_turn", __doc__)
+    parser.add_argument(
+        "--turns", type=int_list, default="1,10,50", help="turn counts reported (1,10,50)"
     )
-    parser.add_argument("--turns", default="1,10,50", help="turn counts reported (1,10,50)")
     parser.add_argument("--chunks", type=int, default=10, help="message chunks per answer (10)")
     parser.add_argument("--chunk-size", type=int, default=80, help="bytes per chunk (80)")
-    parser.add_argument("--write", metavar="PATH", help="write/replace the section in PATH")
-    args = parser.parse_args(argv)
-    try:
-        args.turns = sorted({int(s) for s in args.turns.split(",") if s.strip()})
-    except ValueError:
-        parser.error("--turns must be comma-separated integers")
+    args = parse(parser, argv)
     if not args.turns or args.turns[0] < 1 or args.turns[-1] > 999:
         parser.error("--turns must be between 1 and 999")
     if args.chunks < 0 or args.chunk_size < 1:
@@ -242,27 +193,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def main() -> int:
     args = parse_args()
-    command = command_line()
-    date = datetime.now(UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
+    stamp = Stamp.now("bytes_per_turn")
     agent = fake_agent_command("--chunks", str(args.chunks), "--chunk-size", str(args.chunk_size))
     with tempfile.TemporaryDirectory(prefix="acp-bench-") as tmp:
         async with run_proxy(Path(tmp) / "proxy", agent) as proxy:
             turns = await run_conversation(proxy.socket, args.turns[-1])
     body, passed = render(args, turns)
-    header = f"Date: {date}  \nMachine: {machine()}  \nCommand: `{command}`\n"
-    print(SECTION_TITLE)
-    print()
-    print(header)
-    print(body)
-    if args.write:
-        write_section(Path(args.write), SECTION_TITLE, header + "\n" + body)
-        print(f"wrote section to {args.write}")
-    return 0 if passed else 1
-
-
-def _entry() -> None:
-    sys.exit(anyio.run(main, backend="asyncio"))
+    header = stamp.header()
+    return report(SECTION_TITLE, header, body, passed, args.write, blank_first=False)
 
 
 if __name__ == "__main__":
-    _entry()
+    run_main(main)

@@ -43,7 +43,6 @@ import argparse
 import os
 import re
 import secrets
-import shlex
 import signal
 import statistics
 import subprocess
@@ -54,7 +53,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +60,21 @@ import anyio
 
 from acp_proxy.testing.client import AcpClient
 from acp_proxy.testing.proxy_process import fake_agent_command, run_proxy
-from bench.continued_turn import machine, percentile
-from bench.memory import children, write_section
+from bench._common import (
+    Stamp,
+    agent_text,
+    alive,
+    children,
+    load_average,
+    new_parser,
+    parse,
+    percentile,
+    proxy_meta,
+    report,
+    row,
+    run_main,
+    stat_cpu_seconds,
+)
 
 SECTION_TITLE = "## 10. 100 concurrent conversations"
 GOAL_P99_MS = 20.0
@@ -122,34 +133,6 @@ class Barrier:
         await self.event.wait()
 
 
-def _agent_text(updates: list[dict[str, Any]]) -> str:
-    return "".join(
-        u.get("content", {}).get("text", "")
-        for u in updates
-        if u.get("sessionUpdate") == "agent_message_chunk"
-    )
-
-
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return f.read().split()[0]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 # -- one conversation --------------------------------------------------------------------------
 
 
@@ -200,7 +183,7 @@ async def _turn(
         raise RuntimeError(f"turn {t}: stopReason {answer.get('stopReason')!r}")
     if reply.first_update_at is None:
         raise RuntimeError(f"turn {t}: answered without any agent chunk")
-    summary = _agent_text(reply.updates())
+    summary = agent_text(reply.updates())
     expected = f"[fake] turn {t}; context holds {t - 1} earlier turns"
     if expected not in summary or f"last user message: {text}" not in summary:
         raise RuntimeError(f"turn {t}: the answer is not this conversation's: {summary[-160:]!r}")
@@ -213,7 +196,7 @@ async def _turn(
             t,
             (reply.first_update_at - sent) * 1000,
             (reply.received_at - sent) * 1000,
-            ((answer.get("_meta") or {}).get("acp-proxy")) or {},
+            proxy_meta(answer),
         )
     )
 
@@ -296,7 +279,7 @@ async def _drive(
         await barrier.event.wait()
         warm_start = time.perf_counter()
         result.setup_s = warm_start - started
-        result.load = (_loadavg(), "")
+        result.load = (load_average(), "")
         at_barrier()
 
     with anyio.fail_after(RUN_LIMIT_S):
@@ -305,7 +288,7 @@ async def _drive(
             for i in range(conversations):
                 tg.start_soon(conversation, open_client, i, turns, nonce, barrier, result)
     result.warm_s = time.perf_counter() - warm_start if warm_start else 0.0
-    result.load = (result.load[0], _loadavg())
+    result.load = (result.load[0], load_average())
 
 
 async def run_direct(agent: list[str], conversations: int, turns: int) -> RunResult:
@@ -317,7 +300,7 @@ async def run_direct(agent: list[str], conversations: int, turns: int) -> RunRes
         result.agents = len(children(me))
 
     await _drive(result, lambda: AcpClient.spawn(agent), conversations, turns, at_barrier)
-    result.agents_left = len([p for p in children(me) if _alive(p)])
+    result.agents_left = len([p for p in children(me) if alive(p)])
     return result
 
 
@@ -336,7 +319,7 @@ async def run_through_proxy(
 
         def at_barrier() -> None:
             nonlocal spy, cpu0
-            cpu0 = _cpu_s(proxy.pid)
+            cpu0 = stat_cpu_seconds(proxy.pid)
             agent_pids.extend(children(proxy.pid))
             if py_spy is not None:
                 spy = start_py_spy(proxy.pid, py_spy)
@@ -350,7 +333,7 @@ async def run_through_proxy(
                 at_barrier,
             )
             if agent_pids:
-                result.proxy_cpu_s = _cpu_s(proxy.pid) - cpu0
+                result.proxy_cpu_s = stat_cpu_seconds(proxy.pid) - cpu0
         finally:
             if spy is not None:
                 stop_py_spy(spy)
@@ -359,10 +342,10 @@ async def run_through_proxy(
         result.agents = len(agent_pids)
     # run_proxy SIGTERMed the proxy, which stops its agents: check that none is left.
     deadline = time.monotonic() + 10
-    left = [p for p in agent_pids if _alive(p)]
+    left = [p for p in agent_pids if alive(p)]
     while left and time.monotonic() < deadline:
         await anyio.sleep(0.1)
-        left = [p for p in left if _alive(p)]
+        left = [p for p in left if alive(p)]
     result.agents_left = len(left)
     for pid in left:  # only agents this run's proxy started, by pid
         with suppress(ProcessLookupError):
@@ -371,10 +354,6 @@ async def run_through_proxy(
 
 
 # -- report ------------------------------------------------------------------------------------
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
 
 
 def _stats(values: Sequence[float]) -> list[str]:
@@ -416,6 +395,10 @@ def render(
     def per_run(name: str, fmt: Callable[[RunResult], str]) -> str:
         return ", ".join(fmt(r) for r in by[name])
 
+    def both(label: str, fmt: Callable[[RunResult], str]) -> str:
+        """A row of the checks table: ``label``, then ``fmt`` of each run of A and of B."""
+        return row([label, per_run("A", fmt), per_run("B", fmt)])
+
     lines = [
         f"{args.conversations} conversations x {args.turns} turns at once (one anyio task group), "
         f"{args.runs} run(s) per scenario, alternating A, B; fake agent `{' '.join(agent_args)}`. "
@@ -424,51 +407,24 @@ def render(
         "conversation waits at a barrier after turn 1 (agent start-up); turns 2..N then run "
         "back to back, all conversations at once.",
         "",
-        _row(["check (per run)", "A: no proxy", "B: proxy"]),
-        _row(["---", "---", "---"]),
-        _row(
-            [
-                "turns answered `end_turn` and checked",
-                per_run("A", lambda r: f"{len(r.samples)}"),
-                per_run("B", lambda r: f"{len(r.samples)}"),
-            ]
+        row(["check (per run)", "A: no proxy", "B: proxy"]),
+        row(["---", "---", "---"]),
+        both("turns answered `end_turn` and checked", lambda r: f"{len(r.samples)}"),
+        both(
+            "failures (errors, foreign `sessionId`, answer naming another prompt)",
+            lambda r: f"{len(r.failures)}",
         ),
-        _row(
-            [
-                "failures (errors, foreign `sessionId`, answer naming another prompt)",
-                per_run("A", lambda r: f"{len(r.failures)}"),
-                per_run("B", lambda r: f"{len(r.failures)}"),
-            ]
+        both(
+            "agent processes during the warm turns / left after clean-up",
+            lambda r: f"{r.agents} / {r.agents_left}",
         ),
-        _row(
-            [
-                "agent processes during the warm turns / left after clean-up",
-                per_run("A", lambda r: f"{r.agents} / {r.agents_left}"),
-                per_run("B", lambda r: f"{r.agents} / {r.agents_left}"),
-            ]
+        both("start -> every conversation past turn 1, s", lambda r: f"{r.setup_s:.1f}"),
+        both("barrier -> last warm turn answered, s", lambda r: f"{r.warm_s:.2f}"),
+        both(
+            "1-min load average at the barrier / at the end (all work on the machine)",
+            lambda r: f"{r.load[0]} / {r.load[1]}",
         ),
-        _row(
-            [
-                "start -> every conversation past turn 1, s",
-                per_run("A", lambda r: f"{r.setup_s:.1f}"),
-                per_run("B", lambda r: f"{r.setup_s:.1f}"),
-            ]
-        ),
-        _row(
-            [
-                "barrier -> last warm turn answered, s",
-                per_run("A", lambda r: f"{r.warm_s:.2f}"),
-                per_run("B", lambda r: f"{r.warm_s:.2f}"),
-            ]
-        ),
-        _row(
-            [
-                "1-min load average at the barrier / at the end (all work on the machine)",
-                per_run("A", lambda r: f"{r.load[0]} / {r.load[1]}"),
-                per_run("B", lambda r: f"{r.load[0]} / {r.load[1]}"),
-            ]
-        ),
-        _row(
+        row(
             [
                 "proxy CPU during the warm turns, s (ms per warm turn)",
                 "-",
@@ -482,7 +438,7 @@ def render(
                 ),
             ]
         ),
-        _row(
+        row(
             [
                 "`_meta` agent of B's warm turns",
                 "-",
@@ -499,47 +455,47 @@ def render(
     lines += [
         f"Warm turns (2..{args.turns}), ms ({len(warm['A']):,} samples in A, {len(b):,} in B):",
         "",
-        _row(["measure", "p50", "p90", "p99", "max"]),
-        _row(["---", "---:", "---:", "---:", "---:"]),
-        _row(
+        row(["measure", "p50", "p90", "p99", "max"]),
+        row(["---", "---:", "---:", "---:", "---:"]),
+        row(
             [
                 f"A: overhead = client TTFT - first-token delay ({delay_ms:g} ms), no proxy",
                 *_stats(overhead["A"]),
             ]
         ),
-        _row(
+        row(
             [
                 "**B: overhead** = client TTFT - first-token delay, through the proxy",
                 *_stats(overhead["B"]),
             ]
         ),
-        _row(
+        row(
             [
                 "B: `queue_ms` (proxy: prompt read -> forwarded, incl. its store commit)",
                 *_stats(meta("queue_ms")),
             ]
         ),
-        _row(
+        row(
             [
                 "B: `model_first_token_ms` - delay (agent side, pipes, proxy reading them)",
                 *_stats([v - delay_ms for v in meta("model_first_token_ms")]),
             ]
         ),
-        _row(
+        row(
             [
                 "B: `ttft_ms` (proxy: prompt read -> first token read from the agent)",
                 *_stats(meta("ttft_ms")),
             ]
         ),
-        _row(
+        row(
             [
                 "B: client TTFT - `ttft_ms` (socket in, first token's commit + delivery, socket "
                 "out, client loop)",
                 *_stats(outside),
             ]
         ),
-        _row(["A: request written -> answer read", *_stats([s.total_ms for s in warm["A"]])]),
-        _row(["B: request written -> answer read", *_stats([s.total_ms for s in b])]),
+        row(["A: request written -> answer read", *_stats([s.total_ms for s in warm["A"]])]),
+        row(["B: request written -> answer read", *_stats([s.total_ms for s in b])]),
         "",
     ]
     if overhead["A"] and overhead["B"]:
@@ -562,33 +518,18 @@ def render(
             "py-spy (`record --rate 1000 --nonblocking`) on B's proxy during the warm turns of "
             "run 1: busy samples (idle waits dropped) by innermost `acp_proxy`/`store` frame:",
             "",
-            _row(["frame", "% of busy samples", "samples"]),
-            _row(["---", "---:", "---:"]),
+            row(["frame", "% of busy samples", "samples"]),
+            row(["---", "---:", "---:"]),
         ]
-        lines += [_row([f"`{f}`", f"{pct:.1f}", f"{n}"]) for f, pct, n in profile]
+        lines += [row([f"`{f}`", f"{pct:.1f}", f"{n}"]) for f, pct, n in profile]
     return "\n".join(lines) + "\n", passed
-
-
-def command_line() -> str:
-    exe = sys.executable
-    try:
-        rel = os.path.relpath(exe)
-        if not rel.startswith(".."):
-            exe = rel
-    except ValueError:
-        pass
-    return shlex.join([exe, "-m", "bench.concurrency", *sys.argv[1:]])
 
 
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.concurrency",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = new_parser("concurrency", __doc__)
     parser.add_argument("--conversations", type=int, default=100)
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--runs", type=int, default=2, help="runs per scenario, pooled (2)")
@@ -596,8 +537,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--no-baseline", action="store_true", help="skip scenario A")
     parser.add_argument("--py-spy", metavar="PATH", help="profile B's proxy into PATH (raw)")
-    parser.add_argument("--write", metavar="PATH", help="write/replace the section in PATH")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.conversations < 1 or args.turns < 2 or args.runs < 1:
         parser.error("--conversations >= 1, --turns >= 2, --runs >= 1")
     return args
@@ -605,8 +545,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def main() -> int:
     args = parse_args()
-    command = command_line()
-    date = datetime.now(UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
+    stamp = Stamp.now("concurrency")
     agent_args = [
         "--first-token-delay",
         str(args.first_token_delay),
@@ -647,21 +586,8 @@ async def main() -> int:
                 for failure in result.failures[:5]:
                     print("  " + failure, flush=True)
     body, passed = render(args, runs, agent_args)
-    header = f"Date: {date}  \nMachine: {machine()}  \nCommand: `{command}`\n"
-    print()
-    print(SECTION_TITLE)
-    print()
-    print(header)
-    print(body)
-    if args.write:
-        write_section(Path(args.write), SECTION_TITLE, header + "\n" + body)
-        print(f"wrote section to {args.write}")
-    return 0 if passed else 1
-
-
-def _entry() -> None:
-    sys.exit(anyio.run(main, backend="asyncio"))
+    return report(SECTION_TITLE, stamp.header(), body, passed, args.write)
 
 
 if __name__ == "__main__":
-    _entry()
+    run_main(main)

@@ -28,25 +28,31 @@ more live session (least-squares slope of ``VmRSS`` over the steps, median of th
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shlex
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
-import msgspec
 
 from acp_proxy.testing.client import AcpClient
 from acp_proxy.testing.proxy_process import ProxyHandle, fake_agent_command, run_proxy
-from bench.continued_turn import INTRO, machine
+from bench._common import (
+    Stamp,
+    agent_text,
+    children,
+    chunk_payload,
+    int_list,
+    least_squares_slope,
+    new_parser,
+    parse,
+    report,
+    row,
+    run_main,
+)
 from store import AppendEvent, PutSession, SessionRecord, open_store
 
 SECTION_TITLE = "## 8. Proxy memory"
@@ -75,24 +81,6 @@ def status_kb(pid: int) -> dict[str, int]:
             if (len(parts) == 2 and parts[1] == "kB") or name == "Threads":
                 out[name] = int(parts[0])
     return out
-
-
-def children(pid: int) -> list[int]:
-    """Direct child processes of ``pid`` (the proxy's agents)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The command name is in parentheses and may hold spaces: split after the last ")".
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            out.append(int(entry))
-    return sorted(out)
 
 
 @dataclass
@@ -139,15 +127,7 @@ def _text(seq: int) -> str:
 
 
 def _payload(session_id: str, seq: int) -> bytes:
-    return msgspec.json.encode(
-        {
-            "sessionId": session_id,
-            "update": {
-                "sessionUpdate": "agent_message_chunk",
-                "content": {"type": "text", "text": _text(seq)},
-            },
-        }
-    )
+    return chunk_payload(session_id, _text(seq))
 
 
 async def prefill(db: Path, sessions: int, events: int) -> None:
@@ -204,11 +184,7 @@ async def one_conversation(socket: str, n: int) -> None:
         session_id = await client.new_session(CWD)
         reply = await client.prompt(session_id, text)
         reply.unwrap("session/prompt")
-    summary = "".join(
-        u.get("content", {}).get("text", "")
-        for u in reply.updates()
-        if u.get("sessionUpdate") == "agent_message_chunk"
-    )
+    summary = agent_text(reply.updates())
     if f"last user message: {text}" not in summary or "[fake] turn 1;" not in summary:
         raise RuntimeError(f"conversation {n}: unexpected answer {summary[-200:]!r}")
 
@@ -222,18 +198,11 @@ class Run:
 
     def slope_kb(self) -> float:
         points = self.steps()
-        return fit_slope([r.live for r in points], [r.rss_kb for r in points])
+        return least_squares_slope([r.live for r in points], [r.rss_kb for r in points])
 
     def anon_slope_kb(self) -> float:
         points = self.steps()
-        return fit_slope([r.live for r in points], [r.anon_kb for r in points])
-
-
-def fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Least-squares slope of ys over xs."""
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    den = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
+        return least_squares_slope([r.live for r in points], [r.anon_kb for r in points])
 
 
 async def one_run(
@@ -278,10 +247,6 @@ async def one_run(
 # -- report ------------------------------------------------------------------------------------
 
 
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
 def _mb(kb: float) -> str:
     return f"{kb / 1024:,.1f}"
 
@@ -323,7 +288,7 @@ def render(runs: list[Run], stored: int, events: int) -> tuple[str, bool]:
         "",
         "Proxy process alone (`/proc/<pid>/status`), and its agents for context:",
         "",
-        _row(
+        row(
             [
                 "point",
                 "proxy VmRSS MB",
@@ -335,7 +300,7 @@ def render(runs: list[Run], stored: int, events: int) -> tuple[str, bool]:
                 "agents VmRSS MB (sum)",
             ]
         ),
-        _row(["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:"]),
+        row(["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:"]),
     ]
     names = {
         "started": "started (0 live)",
@@ -344,7 +309,7 @@ def render(runs: list[Run], stored: int, events: int) -> tuple[str, bool]:
     for label in labels:
         m = med[label]
         lines.append(
-            _row(
+            row(
                 [
                     names.get(label, f"{stored:,} stored + {m['live']} live"),
                     _mb(m["rss"]),
@@ -362,16 +327,16 @@ def render(runs: list[Run], stored: int, events: int) -> tuple[str, bool]:
         "Cost of one more live session (least-squares slope over "
         f"{', '.join(str(r.live) for r in runs[0].steps())} live), KB per session:",
         "",
-        _row(["measure", "median", "per run"]),
-        _row(["---", "---:", "---"]),
-        _row(
+        row(["measure", "median", "per run"]),
+        row(["---", "---:", "---"]),
+        row(
             [
                 "VmRSS slope",
                 f"{slope:,.1f}",
                 ", ".join(f"{s:,.1f}" for s in slopes),
             ]
         ),
-        _row(
+        row(
             [
                 "RssAnon slope",
                 f"{statistics.median(anon_slopes):,.1f}",
@@ -399,73 +364,24 @@ def render(runs: list[Run], stored: int, events: int) -> tuple[str, bool]:
     return "\n".join(lines) + "\n", passed
 
 
-def command_line() -> str:
-    exe = sys.executable
-    try:
-        rel = os.path.relpath(exe)
-        if not rel.startswith(".."):
-            exe = rel
-    except ValueError:
-        pass
-    return shlex.join([exe, "-m", "bench.memory", *sys.argv[1:]])
-
-
-def _section_number(title: str) -> int | None:
-    match = re.match(r"## (\d+)\.", title)
-    return int(match.group(1)) if match else None
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Write or replace the section ``title``; keep every other section as it is.
-
-    A new section goes before the first section with a higher number, else at the end.
-    """
-    text = path.read_text() if path.exists() else ""
-    if not text.strip():
-        text = INTRO
-    section = f"{title}\n\n{body.rstrip()}\n"
-    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1)
-    else:
-        mine = _section_number(title)
-        later = None
-        if mine is not None:
-            for match in re.finditer(r"^## (\d+)\.", text, re.M):
-                if int(match.group(1)) > mine:
-                    later = match.start()
-                    break
-        if later is None:
-            text = text.rstrip() + "\n\n" + section
-        else:
-            text = text[:later] + section + "\n" + text[later:]
-    path.write_text(text.rstrip() + "\n")
-
-
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.memory",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = new_parser("memory", __doc__)
     parser.add_argument("--runs", type=int, default=3, help="fresh proxies measured (3)")
     parser.add_argument("--stored", type=int, default=1000, help="stored sessions (1000)")
     parser.add_argument("--events", type=int, default=20, help="events per stored session (20)")
     parser.add_argument(
-        "--steps", default="10,25,50", help="live session counts measured (10,25,50)"
+        "--steps",
+        type=int_list,
+        default="10,25,50",
+        help="live session counts measured (10,25,50)",
     )
     parser.add_argument(
         "--settle", type=float, default=1.0, help="seconds left idle before a reading (1.0)"
     )
-    parser.add_argument("--write", metavar="PATH", help="write/replace the section in PATH")
-    args = parser.parse_args(argv)
-    try:
-        args.steps = sorted({int(s) for s in args.steps.split(",") if s.strip()})
-    except ValueError:
-        parser.error("--steps must be comma-separated integers")
+    args = parse(parser, argv)
     if args.runs < 1 or len(args.steps) < 2 or args.steps[0] < 1:
         parser.error("--runs >= 1 and at least two --steps >= 1")
     return args
@@ -473,8 +389,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def main() -> int:
     args = parse_args()
-    command = command_line()
-    date = datetime.now(UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
+    stamp = Stamp.now("memory")
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="acp-bench-memory-") as tmp:
         template = Path(tmp) / "template.db"
@@ -489,21 +404,8 @@ async def main() -> int:
                     )
                 )
     body, passed = render(runs, args.stored, args.events)
-    header = f"Date: {date}  \nMachine: {machine()}  \nCommand: `{command}`\n"
-    print()
-    print(SECTION_TITLE)
-    print()
-    print(header)
-    print(body)
-    if args.write:
-        write_section(Path(args.write), SECTION_TITLE, header + "\n" + body)
-        print(f"wrote section to {args.write}")
-    return 0 if passed else 1
-
-
-def _entry() -> None:
-    sys.exit(anyio.run(main, backend="asyncio"))
+    return report(SECTION_TITLE, stamp.header(), body, passed, args.write)
 
 
 if __name__ == "__main__":
-    _entry()
+    run_main(main)

@@ -21,16 +21,11 @@ for time to first token and for the full turn.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +33,17 @@ import anyio
 
 from acp_proxy.testing.client import AcpClient
 from acp_proxy.testing.proxy_process import fake_agent_command, run_proxy
-from bench.continued_turn import INTRO, machine, percentile
+from bench._common import (
+    Stamp,
+    ms,
+    new_parser,
+    parse,
+    percentile,
+    proxy_meta,
+    report,
+    row,
+    run_main,
+)
 
 SECTION_TITLE = "## 5. Proxy overhead on time to first token and on a full turn"
 GOAL_P50_MS = 1.0
@@ -79,18 +84,10 @@ async def timed_prompt(client: AcpClient, session_id: str, n: int, into: Samples
     if into is not None:
         into.ttft.append(reply.first_update_at - start)
         into.total.append(reply.received_at - start)
-        into.meta.append(((result.get("_meta") or {}).get("acp-proxy")) or {})
+        into.meta.append(proxy_meta(result))
 
 
 # -- report ------------------------------------------------------------------------------------
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.2f}"
 
 
 def _signed_ms(seconds: float) -> str:
@@ -106,7 +103,7 @@ def render(args: argparse.Namespace, a: Samples, b: Samples) -> tuple[str, bool]
         "Per prompt, ms (from just before the prompt is written: to the first "
         "`agent_message_chunk` = time to first token; to the answer = full turn):",
         "",
-        _row(
+        row(
             [
                 "scenario",
                 "first token p50",
@@ -116,7 +113,7 @@ def render(args: argparse.Namespace, a: Samples, b: Samples) -> tuple[str, bool]
                 "full turn mean",
             ]
         ),
-        _row(["---", "---:", "---:", "---:", "---:", "---:"]),
+        row(["---", "---:", "---:", "---:", "---:", "---:"]),
     ]
 
     def stats(s: Samples) -> list[float]:
@@ -129,10 +126,10 @@ def render(args: argparse.Namespace, a: Samples, b: Samples) -> tuple[str, bool]
         ]
 
     sa, sb = stats(a), stats(b)
-    lines.append(_row(["A: agent over its pipes", *(_ms(v) for v in sa)]))
-    lines.append(_row(["B: through the proxy", *(_ms(v) for v in sb)]))
+    lines.append(row(["A: agent over its pipes", *(ms(v, 2) for v in sa)]))
+    lines.append(row(["B: through the proxy", *(ms(v, 2) for v in sb)]))
     diff = [y - x for x, y in zip(sa, sb, strict=True)]
-    lines.append(_row(["**B - A**", *(f"**{_signed_ms(v)}**" for v in diff)]))
+    lines.append(row(["**B - A**", *(f"**{_signed_ms(v)}**" for v in diff)]))
     verdicts = [
         ("first token p50", diff[0], GOAL_P50_MS),
         ("first token p99", diff[1], GOAL_P99_MS),
@@ -159,14 +156,14 @@ def render(args: argparse.Namespace, a: Samples, b: Samples) -> tuple[str, bool]
         "(`queue_ms`: prompt read → forwarded to the agent, i.e. the prompt's commit; "
         "`model_first_token_ms`: forwarded → first chunk read from the agent):",
         "",
-        _row(["key", "p50", "p99", "max"]),
-        _row(["---", "---:", "---:", "---:"]),
+        row(["key", "p50", "p99", "max"]),
+        row(["---", "---:", "---:", "---:"]),
     ]
     for key in META_KEYS:
         values = [m[key] for m in b.meta if isinstance(m.get(key), int | float)]
         if values:
             lines.append(
-                _row(
+                row(
                     [
                         f"`{key}`",
                         f"{percentile(values, 50):,.3f}",
@@ -178,56 +175,17 @@ def render(args: argparse.Namespace, a: Samples, b: Samples) -> tuple[str, bool]
     return "\n".join(lines) + "\n", passed
 
 
-def command_line() -> str:
-    exe = sys.executable
-    try:
-        rel = os.path.relpath(exe)
-        if not rel.startswith(".."):
-            exe = rel
-    except ValueError:
-        pass
-    return shlex.join([exe, "-m", "bench.overhead", *sys.argv[1:]])
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Write or replace the section ``title``; keep every other section as it is.
-
-    A new section goes before the first section with a higher number, else at the end.
-    """
-    text = path.read_text() if path.exists() else ""
-    if not text.strip():
-        text = INTRO
-    section = f"{title}\n\n{body.rstrip()}\n"
-    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1)
-    else:
-        number = int(re.match(r"## (\d+)\.", title).group(1))  # type: ignore[union-attr]
-        later = [m for m in re.finditer(r"^## (\d+)\.", text, re.M) if int(m.group(1)) > number]
-        if later:
-            at = later[0].start()
-            text = text[:at] + section + "\n" + text[at:]
-        else:
-            text = text.rstrip() + "\n\n" + section
-    path.write_text(text.rstrip() + "\n")
-
-
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.overhead",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = new_parser("overhead", __doc__)
     parser.add_argument(
         "--prompts", type=int, default=1000, help="timed prompts per scenario (1000)"
     )
     parser.add_argument("--block", type=int, default=50, help="prompts per block (50)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed prompts first (20)")
-    parser.add_argument("--write", metavar="PATH", help="write/replace the section in PATH")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.prompts < 1 or args.block < 1 or args.warmup < 0:
         parser.error("--prompts and --block must be >= 1, --warmup >= 0")
     return args
@@ -235,9 +193,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def main() -> int:
     args = parse_args()
-    command = command_line()
-    date = datetime.now(UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    stamp = Stamp.now("overhead")
     agent = fake_agent_command(*AGENT_ARGS)
     a, b = Samples(), Samples()
     with tempfile.TemporaryDirectory(prefix="acp-bench-") as tmp:
@@ -266,29 +222,14 @@ async def main() -> int:
                 block += 1
                 print(
                     f"block {block}: {len(a.ttft)} + {len(b.ttft)} prompts; "
-                    f"first token p50 A {_ms(percentile(a.ttft, 50))} ms, "
-                    f"B {_ms(percentile(b.ttft, 50))} ms",
+                    f"first token p50 A {ms(percentile(a.ttft, 50), 2)} ms, "
+                    f"B {ms(percentile(b.ttft, 50), 2)} ms",
                     flush=True,
                 )
     body, passed = render(args, a, b)
-    header = (
-        f"Date: {date}  \nMachine: {machine()}; load average at start (1 / 5 / 15 min): "
-        f"{load}  \nCommand: `{command}`\n"
-    )
-    print()
-    print(SECTION_TITLE)
-    print()
-    print(header)
-    print(body)
-    if args.write:
-        write_section(Path(args.write), SECTION_TITLE, header + "\n" + body)
-        print(f"wrote section to {args.write}")
-    return 0 if passed else 1
-
-
-def _entry() -> None:
-    sys.exit(anyio.run(main, backend="asyncio"))
+    header = stamp.header(stamp.load_at_start())
+    return report(SECTION_TITLE, header, body, passed, args.write)
 
 
 if __name__ == "__main__":
-    _entry()
+    run_main(main)

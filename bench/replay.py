@@ -30,26 +30,33 @@ distorts far less than wall-clock time (also reported).
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shlex
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
-import msgspec
 
 from acp_proxy.testing.client import AcpClient
 from acp_proxy.testing.proxy_process import ProxyHandle, fake_agent_command, run_proxy
-from bench.continued_turn import INTRO, machine
+from bench._common import (
+    Stamp,
+    chunk_payload,
+    initialize_params,
+    int_list,
+    ms,
+    new_parser,
+    parse,
+    report,
+    request_line,
+    row,
+    run_main,
+    schedstat_cpu_seconds,
+)
 from store import AppendEvent, PutSession, SessionRecord, open_store
 
 SECTION_TITLE = "## 3. session/load replay time"
@@ -89,15 +96,7 @@ def _text(seq: int) -> str:
 
 
 def payload(session_id: str, seq: int) -> bytes:
-    return msgspec.json.encode(
-        {
-            "sessionId": session_id,
-            "update": {
-                "sessionUpdate": "agent_message_chunk",
-                "content": {"type": "text", "text": _text(seq)},
-            },
-        }
-    )
+    return chunk_payload(session_id, _text(seq))
 
 
 def frame(p: bytes) -> bytes:
@@ -165,11 +164,6 @@ async def build(
 # -- timed: the proxy --------------------------------------------------------------------------
 
 
-def _encode(ident: int, method: str, params: object) -> bytes:
-    msg = {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}
-    return msgspec.json.encode(msg) + b"\n"
-
-
 async def _read_response(stream: anyio.abc.SocketStream, ident: int, data: bytearray) -> float:
     """Append everything received to ``data`` until the answer to ``ident``; returns its time."""
     marker = b'{"jsonrpc":"2.0","id":' + str(ident).encode() + b","
@@ -188,33 +182,16 @@ async def _read_response(stream: anyio.abc.SocketStream, ident: int, data: bytea
 async def time_load(socket_path: str, session_id: str) -> tuple[float, bytes]:
     """One fresh connection: initialize, then session/load timed; returns (seconds, bytes)."""
     async with await anyio.connect_unix(socket_path) as stream:
-        init = {
-            "protocolVersion": 1,
-            "clientCapabilities": {"fs": {"readTextFile": False}, "terminal": False},
-            "clientInfo": {"name": "bench.replay", "version": "0"},
-        }
-        await stream.send(_encode(1, "initialize", init))
+        await stream.send(request_line(1, "initialize", initialize_params("bench.replay")))
         await _read_response(stream, 1, bytearray())
         data = bytearray()
-        request = _encode(
+        request = request_line(
             2, "session/load", {"sessionId": session_id, "cwd": CWD, "mcpServers": []}
         )
         sent = time.perf_counter()
         await stream.send(request)
         done = await _read_response(stream, 2, data)
     return done - sent, bytes(data)
-
-
-def cpu_seconds(pid: int) -> float:
-    """Time on CPU of every thread of ``pid`` (schedstat, ns), in seconds."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-            continue
-    return total / 1e9
 
 
 # -- timed: the baseline -----------------------------------------------------------------------
@@ -252,14 +229,6 @@ def baseline(flat: Path) -> float:
 # -- report ------------------------------------------------------------------------------------
 
 
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.2f}"
-
-
 def render(sized: list[Sized], runs: int) -> tuple[str, bool]:
     lines = [
         f"{runs} runs per size and scenario, alternating proxy, baseline, size by size. "
@@ -268,7 +237,7 @@ def render(sized: list[Sized], runs: int) -> tuple[str, bool]:
         "it receives). Baseline: read the same NDJSON bytes from a flat file and write them "
         "into a unix socket pair drained by a thread.",
         "",
-        _row(
+        row(
             [
                 "events",
                 "bytes sent",
@@ -283,7 +252,7 @@ def render(sized: list[Sized], runs: int) -> tuple[str, bool]:
                 "proxy / baseline",
             ]
         ),
-        _row(["---:"] * 11),
+        row(["---:"] * 11),
     ]
     per_event: dict[int, float] = {}
     cpu_per_event: dict[int, float] = {}
@@ -294,17 +263,17 @@ def render(sized: list[Sized], runs: int) -> tuple[str, bool]:
         cpu = statistics.median(s.cpu)
         cpu_per_event[s.size] = cpu / s.size
         lines.append(
-            _row(
+            row(
                 [
                     f"{s.size:,}",
                     f"{statistics.median(s.received):,.0f}",
-                    _ms(med),
-                    f"{_ms(min(s.proxy))}-{_ms(max(s.proxy))}",
+                    ms(med, 2),
+                    f"{ms(min(s.proxy), 2)}-{ms(max(s.proxy), 2)}",
                     f"{med / s.size * 1e6:.2f}",
                     f"{statistics.median(s.server_ms):,.2f}" if s.server_ms else "n/a",
-                    _ms(cpu),
+                    ms(cpu, 2),
                     f"{cpu / s.size * 1e6:.2f}",
-                    _ms(base),
+                    ms(base, 2),
                     f"{base / s.size * 1e6:.3f}",
                     f"{med / base:.1f}x",
                 ]
@@ -351,52 +320,19 @@ def render(sized: list[Sized], runs: int) -> tuple[str, bool]:
     return "\n".join(lines) + "\n", passed
 
 
-def command_line() -> str:
-    exe = sys.executable
-    try:
-        rel = os.path.relpath(exe)
-        if not rel.startswith(".."):
-            exe = rel
-    except ValueError:
-        pass
-    return shlex.join([exe, "-m", "bench.replay", *sys.argv[1:]])
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Write or replace the section ``title``; keep every other section as it is."""
-    text = path.read_text() if path.exists() else ""
-    if not text.strip():
-        text = INTRO
-    section = f"{title}\n\n{body.rstrip()}\n"
-    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text.rstrip() + "\n")
-
-
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.replay",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = new_parser("replay", __doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs per size and scenario (5)")
     parser.add_argument(
         "--sizes",
+        type=int_list,
         default="100,1000,10000,100000",
         help="comma-separated event counts (100,1000,10000,100000)",
     )
-    parser.add_argument("--write", metavar="PATH", help="write/replace the section in PATH")
-    args = parser.parse_args(argv)
-    try:
-        args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
-    except ValueError:
-        parser.error("--sizes must be comma-separated integers")
+    args = parse(parser, argv)
     if args.runs < 1 or not args.sizes or min(args.sizes) < 1:
         parser.error("--runs and every size must be >= 1")
     return args
@@ -412,9 +348,7 @@ def _attached_ms(proxy: ProxyHandle) -> list[float]:
 
 async def main() -> int:
     args = parse_args()
-    command = command_line()
-    date = datetime.now(UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
-    load = os.getloadavg()[0]
+    stamp = Stamp.now("replay")
     with tempfile.TemporaryDirectory(prefix="acpb-") as tmp:
         base = Path(tmp)
         state = base / "state"
@@ -439,9 +373,9 @@ async def main() -> int:
                     flat = s.flat.read_bytes()
                     with anyio.fail_after(RUN_LIMIT_S):
                         before = len(_attached_ms(proxy))
-                        cpu_before = cpu_seconds(proxy.pid)
+                        cpu_before = schedstat_cpu_seconds(proxy.pid)
                         seconds, data = await time_load(proxy.socket, s.session_id)
-                        s.cpu.append(cpu_seconds(proxy.pid) - cpu_before)
+                        s.cpu.append(schedstat_cpu_seconds(proxy.pid) - cpu_before)
                     if not data.startswith(flat):
                         raise RuntimeError(f"replay of {s.size} events differs from the record")
                     s.proxy.append(seconds)
@@ -457,31 +391,15 @@ async def main() -> int:
                             break
                         await anyio.sleep(0.01)
                     print(
-                        f"run {n}/{args.runs} {s.size:>7,} events: proxy {_ms(seconds)} ms "
-                        f"(CPU {_ms(s.cpu[-1])} ms, {s.notifications[-1]:,} notifications), "
+                        f"run {n}/{args.runs} {s.size:>7,} events: proxy {ms(seconds, 2)} ms "
+                        f"(CPU {ms(s.cpu[-1], 2)} ms, {s.notifications[-1]:,} notifications), "
                         "baseline "
-                        f"{_ms(s.baseline[-1])} ms",
+                        f"{ms(s.baseline[-1], 2)} ms",
                         flush=True,
                     )
     body, passed = render(sized, args.runs)
-    header = (
-        f"Date: {date}  \nMachine: {machine()} (load average {load:.1f} at start, "
-        f"{os.getloadavg()[0]:.1f} at the end)  \nCommand: `{command}`\n"
-    )
-    print()
-    print(SECTION_TITLE)
-    print()
-    print(header)
-    print(body)
-    if args.write:
-        write_section(Path(args.write), SECTION_TITLE, header + "\n" + body)
-        print(f"wrote section to {args.write}")
-    return 0 if passed else 1
-
-
-def _entry() -> None:
-    sys.exit(anyio.run(main, backend="asyncio"))
+    return report(SECTION_TITLE, stamp.header(stamp.load_span()), body, passed, args.write)
 
 
 if __name__ == "__main__":
-    _entry()
+    run_main(main)

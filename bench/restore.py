@@ -30,16 +30,11 @@ re-spawning the agent and doing the rung itself).
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +44,19 @@ import msgspec
 from acp_proxy.testing.client import AcpClient, Reply
 from acp_proxy.testing.proxy_process import ProxyHandle, fake_agent_command, run_proxy
 from acp_proxy.transcript import seed_block
-from bench.continued_turn import INTRO, machine
+from bench._common import (
+    Stamp,
+    agent_text,
+    alive,
+    first_token,
+    ms,
+    new_parser,
+    parse,
+    proxy_meta,
+    report,
+    row,
+    run_main,
+)
 
 SECTION_TITLE = "## 2. Restoring a conversation whose agent is gone (each rung)"
 RUN_LIMIT_S = 120.0  #: one run (set-up + timed turn) of either scenario
@@ -109,19 +116,8 @@ class RunB:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _first_token(reply: Reply, what: str) -> float:
-    reply.unwrap(what)
-    if reply.first_update_at is None:
-        raise RuntimeError(f"{what}: the prompt was answered without any agent chunk")
-    return reply.first_update_at
-
-
 def _check_continued(reply: Reply, turns: int, what: str) -> None:
-    text = "".join(
-        u.get("content", {}).get("text", "")
-        for u in reply.updates()
-        if u.get("sessionUpdate") == "agent_message_chunk"
-    )
+    text = agent_text(reply.updates())
     expected = f"context holds {turns} earlier turns"
     if expected not in text:
         raise RuntimeError(f"{what}: expected {expected!r} in the answer, got {text[-300:]!r}")
@@ -137,24 +133,15 @@ async def _run_turns(client: AcpClient, session_id: str, turns: int, what: str) 
     for n in range(1, turns + 1):
         text = f"turn {n}: remember the number {n * 7}"
         reply = await client.prompt(session_id, text)
-        _first_token(reply, f"{what} turn {n}")
+        first_token(reply, f"{what} turn {n}")
         history.append(_user_chunk(text))
         history.extend(reply.updates())
     return history
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rsplit(b")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
-
-
 async def _wait_gone(pid: int) -> None:
     with anyio.fail_after(PID_GONE_LIMIT_S):
-        while _alive(pid):  # noqa: ASYNC110 (polling another process)
+        while alive(pid):  # noqa: ASYNC110 (polling another process)
             await anyio.sleep(0.01)
 
 
@@ -193,7 +180,7 @@ async def run_a(agent: list[str], rung: str, turns: int) -> RunA:
         bound = time.perf_counter()
         prompt_params = {"sessionId": target, "prompt": blocks}
         reply = await client.request("session/prompt", prompt_params)
-        first = _first_token(reply, f"A {rung} continued turn")
+        first = first_token(reply, f"A {rung} continued turn")
         _check_continued(reply, turns, f"A {rung}")
     return RunA(
         ready - start,
@@ -231,21 +218,13 @@ async def run_b(proxy: ProxyHandle, rung: str, turns: int, costs: Costs) -> RunB
         prompt_text = f"turn {turns + 1}: what did I ask you to remember?"
         sent = time.perf_counter()
         reply = await client.prompt(session_id, prompt_text)
-        first = _first_token(reply, f"B {rung} continued turn")
+        first = first_token(reply, f"B {rung} continued turn")
         _check_continued(reply, turns, f"B {rung}")
-        meta = ((reply.result or {}).get("_meta") or {}).get("acp-proxy") or {}
+        meta = proxy_meta(reply.result)
     return RunB(ready - start, first - start, sent - start, meta)
 
 
 # -- report ------------------------------------------------------------------------------------
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.1f}"
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
 
 
 def _med(values: Sequence[float]) -> float:
@@ -289,7 +268,7 @@ def render(cells: list[Cell], runs: int, turns: int, chunks: int) -> tuple[str, 
         "",
         "Time to first token of the continued turn, ms, median (min-max):",
         "",
-        _row(
+        row(
             [
                 "costs",
                 "rung",
@@ -299,20 +278,20 @@ def render(cells: list[Cell], runs: int, turns: int, chunks: int) -> tuple[str, 
                 "A / B",
             ]
         ),
-        _row(["---", "---", "---:", "---:", "---:", "---:"]),
+        row(["---", "---", "---:", "---:", "---:", "---:"]),
     ]
     for cell in cells:
         a = [r.first_token for r in cell.a]
         b = [r.first_token for r in cell.b]
         bp = [r.first_token - r.prompt_sent for r in cell.b]
         lines.append(
-            _row(
+            row(
                 [
                     cell.costs.name,
                     cell.rung,
-                    f"{_ms(_med(a))} ({_ms(min(a))}-{_ms(max(a))})",
-                    f"{_ms(_med(b))} ({_ms(min(b))}-{_ms(max(b))})",
-                    f"{_ms(_med(bp))} ({_ms(min(bp))}-{_ms(max(bp))})",
+                    f"{ms(_med(a))} ({ms(min(a))}-{ms(max(a))})",
+                    f"{ms(_med(b))} ({ms(min(b))}-{ms(max(b))})",
+                    f"{ms(_med(bp))} ({ms(min(bp))}-{ms(max(bp))})",
                     f"{_med(a) / _med(b):.1f}x",
                 ]
             )
@@ -324,7 +303,7 @@ def render(cells: list[Cell], runs: int, turns: int, chunks: int) -> tuple[str, 
         "minus `cli_ready_ms`: rung call, state re-applied, store writes; 0 `cli_ready_ms` = "
         "restored onto the warm spare).",
         "",
-        _row(
+        row(
             [
                 "costs",
                 "rung",
@@ -340,20 +319,20 @@ def render(cells: list[Cell], runs: int, turns: int, chunks: int) -> tuple[str, 
                 "B overhead vs A rung + prompt",
             ]
         ),
-        _row(["---", "---", *["---:"] * 3, "---", *["---:"] * 6]),
+        row(["---", "---", *["---:"] * 3, "---", *["---:"] * 6]),
     ]
     for cell in cells:
         a_rung_prompt = _med([r.first_token - r.ready for r in cell.a])
         b_prompt = _med([r.first_token - r.prompt_sent for r in cell.b])
         agents = sorted({str(r.meta.get("agent")) for r in cell.b})
         lines.append(
-            _row(
+            row(
                 [
                     cell.costs.name,
                     cell.rung,
-                    _ms(_med([r.ready for r in cell.a])),
-                    _ms(_med([r.bound - r.ready for r in cell.a])),
-                    _ms(_med([r.first_token - r.bound for r in cell.a])),
+                    ms(_med([r.ready for r in cell.a])),
+                    ms(_med([r.bound - r.ready for r in cell.a])),
+                    ms(_med([r.first_token - r.bound for r in cell.a])),
                     ", ".join(agents),
                     _meta_med(cell.b, "cli_ready_ms"),
                     _meta_med(cell.b, "session_init_ms"),
@@ -387,40 +366,11 @@ def render(cells: list[Cell], runs: int, turns: int, chunks: int) -> tuple[str, 
     return "\n".join(lines) + "\n", passed
 
 
-def command_line() -> str:
-    exe = sys.executable
-    try:
-        rel = os.path.relpath(exe)
-        if not rel.startswith(".."):
-            exe = rel
-    except ValueError:
-        pass
-    return shlex.join([exe, "-m", "bench.restore", *sys.argv[1:]])
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Write or replace the section ``title``; keep every other section as it is."""
-    text = path.read_text() if path.exists() else ""
-    if not text.strip():
-        text = INTRO
-    section = f"{title}\n\n{body.rstrip()}\n"
-    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text.rstrip() + "\n")
-
-
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.restore",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = new_parser("restore", __doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario (3)")
     parser.add_argument("--turns", type=int, default=5, help="turns before the restore (5)")
     parser.add_argument("--chunks", type=int, default=25, help="message chunks per turn (25)")
@@ -430,8 +380,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="both",
         help="cost profiles to run (both)",
     )
-    parser.add_argument("--write", metavar="PATH", help="write/replace the section in PATH")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.runs < 1 or args.turns < 1 or args.chunks < 0:
         parser.error("--runs and --turns must be >= 1, --chunks >= 0")
     return args
@@ -442,9 +391,7 @@ async def main() -> int:
     profiles = [Costs("opencode-like", 1.5, 0.8, 0.1), Costs("zero", 0.0, 0.0, 0.0)]
     if args.costs != "both":
         profiles = [p for p in profiles if p.name.startswith(args.costs)]
-    command = command_line()
-    date = datetime.now(UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
-    load = os.getloadavg()[0]
+    stamp = Stamp.now("restore")
     cells: list[Cell] = []
     with tempfile.TemporaryDirectory(prefix="acpb-") as tmp:
         for p_index, costs in enumerate(profiles):
@@ -470,31 +417,15 @@ async def main() -> int:
                         cell.b.append(b)
                         print(
                             f"{costs.name:13} {rung:6} run {n}/{args.runs}: "
-                            f"A {_ms(a.first_token)} ms, B {_ms(b.first_token)} ms "
+                            f"A {ms(a.first_token)} ms, B {ms(b.first_token)} ms "
                             f"(agent {b.meta.get('agent')}, cli_ready_ms "
                             f"{b.meta.get('cli_ready_ms')}, session_init_ms "
                             f"{b.meta.get('session_init_ms')})",
                             flush=True,
                         )
     body, passed = render(cells, args.runs, args.turns, args.chunks)
-    header = (
-        f"Date: {date}  \nMachine: {machine()} (load average {load:.1f} at start, "
-        f"{os.getloadavg()[0]:.1f} at the end)  \nCommand: `{command}`\n"
-    )
-    print()
-    print(SECTION_TITLE)
-    print()
-    print(header)
-    print(body)
-    if args.write:
-        write_section(Path(args.write), SECTION_TITLE, header + "\n" + body)
-        print(f"wrote section to {args.write}")
-    return 0 if passed else 1
-
-
-def _entry() -> None:
-    sys.exit(anyio.run(main, backend="asyncio"))
+    return report(SECTION_TITLE, stamp.header(stamp.load_span()), body, passed, args.write)
 
 
 if __name__ == "__main__":
-    _entry()
+    run_main(main)

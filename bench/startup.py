@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shlex
 import signal
 import socket
 import statistics
@@ -42,14 +40,23 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import msgspec
 
 from acp_proxy.testing.proxy_process import fake_agent_command
-from bench.continued_turn import INTRO, machine
+from bench._common import (
+    Stamp,
+    chunk_payload,
+    db_bytes,
+    new_parser,
+    parse,
+    report,
+    row,
+    run_main,
+    schedstat_cpu_seconds,
+)
 from store import AppendEvent, PutSession, SessionRecord, open_store
 
 SECTION_TITLE = "## 4. Startup with many stored sessions"
@@ -85,15 +92,7 @@ class Scenario:
 
 
 def _payload(session_id: str, seq: int) -> bytes:
-    return msgspec.json.encode(
-        {
-            "sessionId": session_id,
-            "update": {
-                "sessionUpdate": "agent_message_chunk",
-                "content": {"type": "text", "text": f"stored chunk {seq} of {session_id[-8:]}"},
-            },
-        }
-    )
+    return chunk_payload(session_id, f"stored chunk {seq} of {session_id[-8:]}")
 
 
 async def build(db: Path, sessions: int, events: int) -> None:
@@ -127,11 +126,6 @@ async def build(db: Path, sessions: int, events: int) -> None:
 # -- timed -------------------------------------------------------------------------------------
 
 
-def _file_bytes(db: Path) -> int:
-    """The database with its -wal / -shm files, if any."""
-    return sum(p.stat().st_size for p in db.parent.glob(f"{db.name}*"))
-
-
 def serve_command() -> list[str]:
     script = Path(sys.executable).parent / "acp-proxy"
     if script.exists():
@@ -158,18 +152,6 @@ def _ready_startup_ms(log: Path) -> float | None:
         if isinstance(entry, dict) and entry.get("event") == "ready":
             return float(entry["startup_ms"])
     return None
-
-
-def cpu_seconds(pid: int) -> float:
-    """Time on CPU of every thread of ``pid`` so far (schedstat, ns), in seconds."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-            continue
-    return total / 1e9
 
 
 def time_start(
@@ -200,7 +182,7 @@ def time_start(
                 pass
             else:
                 elapsed = time.perf_counter() - start
-                cpu = cpu_seconds(process.pid)
+                cpu = schedstat_cpu_seconds(process.pid)
                 break
             finally:
                 probe.close()
@@ -231,10 +213,6 @@ def bare_interpreter() -> float:
 # -- report ------------------------------------------------------------------------------------
 
 
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
 def render(
     scenarios: list[Scenario], runs: int, bare: list[float], build_s: float
 ) -> tuple[str, bool]:
@@ -250,7 +228,7 @@ def render(
         "",
         "Time from exec of `acp-proxy serve` to its socket accepting a connection, ms:",
         "",
-        _row(
+        row(
             [
                 "bytecode",
                 "database",
@@ -262,13 +240,13 @@ def render(
                 "proxy on CPU until accepting (median)",
             ]
         ),
-        _row(["---", "---", "---:", "---:", "---:", "---:", "---:", "---:"]),
+        row(["---", "---", "---:", "---:", "---:", "---:", "---:", "---:"]),
     ]
     for s in scenarios:
         med = statistics.median(s.accept) * 1000
         own = statistics.median(s.startup_ms) if s.startup_ms else float("nan")
         lines.append(
-            _row(
+            row(
                 [
                     s.bytecode,
                     f"{s.db.name} ({s.db.sessions:,} sessions)",
@@ -316,45 +294,15 @@ def render(
     return "\n".join(lines) + "\n", passed
 
 
-def command_line() -> str:
-    exe = sys.executable
-    try:
-        rel = os.path.relpath(exe)
-        if not rel.startswith(".."):
-            exe = rel
-    except ValueError:
-        pass
-    return shlex.join([exe, "-m", "bench.startup", *sys.argv[1:]])
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Write or replace the section ``title``; keep every other section as it is."""
-    text = path.read_text() if path.exists() else ""
-    if not text.strip():
-        text = INTRO
-    section = f"{title}\n\n{body.rstrip()}\n"
-    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text.rstrip() + "\n")
-
-
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.startup",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = new_parser("startup", __doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs per database (5)")
     parser.add_argument("--sessions", type=int, default=100_000, help="sessions (100000)")
     parser.add_argument("--events", type=int, default=3, help="events per session (3)")
-    parser.add_argument("--write", metavar="PATH", help="write/replace the section in PATH")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.runs < 1 or args.sessions < 1 or args.events < 0:
         parser.error("--runs and --sessions must be >= 1, --events >= 0")
     return args
@@ -362,9 +310,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def main() -> int:
     args = parse_args()
-    command = command_line()
-    date = datetime.now(UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
-    load = os.getloadavg()[0]
+    stamp = Stamp.now("startup")
     agent = fake_agent_command()
     with tempfile.TemporaryDirectory(prefix="acpb-") as tmp:
         base = Path(tmp)
@@ -377,7 +323,7 @@ async def main() -> int:
             await build(large.path, args.sessions, args.events)
             build_s = time.perf_counter() - started
         for db in (empty, large):
-            db.bytes = _file_bytes(db.path)
+            db.bytes = db_bytes(db.path)
         print(f"built {args.sessions:,} sessions in {build_s:.1f} s", flush=True)
         installed = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {
             "PYTHONPYCACHEPREFIX": str(base / "pycache")
@@ -406,24 +352,8 @@ async def main() -> int:
                 )
             bare.append(bare_interpreter())
     body, passed = render(scenarios, args.runs, bare, build_s)
-    header = (
-        f"Date: {date}  \nMachine: {machine()} (load average {load:.1f} at start, "
-        f"{os.getloadavg()[0]:.1f} at the end)  \nCommand: `{command}`\n"
-    )
-    print()
-    print(SECTION_TITLE)
-    print()
-    print(header)
-    print(body)
-    if args.write:
-        write_section(Path(args.write), SECTION_TITLE, header + "\n" + body)
-        print(f"wrote section to {args.write}")
-    return 0 if passed else 1
-
-
-def _entry() -> None:
-    sys.exit(anyio.run(main, backend="asyncio"))
+    return report(SECTION_TITLE, stamp.header(stamp.load_span()), body, passed, args.write)
 
 
 if __name__ == "__main__":
-    _entry()
+    run_main(main)

@@ -24,19 +24,14 @@ Goal: median(B) / median(A) >= 0.6.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shlex
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +41,20 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from acp_proxy.protocol import LineBuffer
 from acp_proxy.testing.proxy_process import fake_agent_command, run_proxy
-from bench.continued_turn import INTRO, machine
+from bench._common import (
+    Stamp,
+    children,
+    db_bytes,
+    initialize_params,
+    new_parser,
+    parse,
+    proxy_meta,
+    report,
+    request_line,
+    row,
+    run_main,
+    stat_cpu_seconds,
+)
 
 SECTION_TITLE = "## 6. Streaming throughput, recorded to SQLite"
 GOAL_RATIO = 0.6
@@ -87,36 +95,6 @@ class Run:
         return self.updates / self.stream
 
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str]:
-    """Fields of /proc/PID/stat after the command name (index 0 is field 3, the state)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (all its threads); 0 if it is gone."""
-    try:
-        fields = _stat(pid)
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
-def children(pid: int) -> list[int]:
-    """Pids of the live child processes of ``pid``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int(_stat(int(entry.name))[1]) == pid:
-                    out.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return out
-
-
 class RawPeer:
     """A JSON-RPC client that splits lines and decodes only answers (for raw speed)."""
 
@@ -133,11 +111,9 @@ class RawPeer:
         """Send a request; read until its answer, counting message chunks on the way."""
         self._next_id += 1
         ident = self._next_id
-        line = msgspec.json.encode(
-            {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}
-        )
+        line = request_line(ident, method, params)
         start = time.perf_counter()
-        await self._send.send(line + b"\n")
+        await self._send.send(line)
         updates = received = 0
         first = last = 0.0
         while True:
@@ -196,14 +172,7 @@ async def connect(socket_path: str) -> AsyncIterator[RawPeer]:
 
 
 async def open_session(peer: RawPeer) -> str:
-    await peer.request(
-        "initialize",
-        {
-            "protocolVersion": 1,
-            "clientCapabilities": {"fs": {"readTextFile": False}, "terminal": False},
-            "clientInfo": {"name": "bench-throughput", "version": "0"},
-        },
-    )
+    await peer.request("initialize", initialize_params("bench-throughput"))
     result, _ = await peer.request("session/new", {"cwd": CWD, "mcpServers": []})
     return str(result["sessionId"])
 
@@ -218,7 +187,7 @@ async def stream_turn(peer: RawPeer, session_id: str, chunks: int, chunk_size: i
         raise RuntimeError(f"the streaming turn ended with {result!r}")
     if run.updates != chunks + 1:  # the fake agent's summary chunk follows the asked chunks
         raise RuntimeError(f"expected {chunks + 1} message chunks, received {run.updates}")
-    meta = (result.get("_meta") or {}).get("acp-proxy") or {}
+    meta = proxy_meta(result)
     run.turn = int(meta.get("turn") or 0)
     return run
 
@@ -246,10 +215,6 @@ def total_events(db: str) -> int:
 
 
 # -- report ------------------------------------------------------------------------------------
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
 
 
 def render(
@@ -282,7 +247,7 @@ def render(
             else "—"
         )
         lines.append(
-            _row(
+            row(
                 [
                     name,
                     f"{statistics.median(rates):,.0f}",
@@ -312,54 +277,15 @@ def render(
     return "\n".join(lines) + "\n", ratio, passed
 
 
-def command_line() -> str:
-    exe = sys.executable
-    try:
-        rel = os.path.relpath(exe)
-        if not rel.startswith(".."):
-            exe = rel
-    except ValueError:
-        pass
-    return shlex.join([exe, "-m", "bench.throughput", *sys.argv[1:]])
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Write or replace the section ``title``; keep every other section as it is.
-
-    A new section goes before the first section with a higher number, else at the end.
-    """
-    text = path.read_text() if path.exists() else ""
-    if not text.strip():
-        text = INTRO
-    section = f"{title}\n\n{body.rstrip()}\n"
-    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1)
-    else:
-        number = int(re.match(r"## (\d+)\.", title).group(1))  # type: ignore[union-attr]
-        later = [m for m in re.finditer(r"^## (\d+)\.", text, re.M) if int(m.group(1)) > number]
-        if later:
-            at = later[0].start()
-            text = text[:at] + section + "\n" + text[at:]
-        else:
-            text = text.rstrip() + "\n\n" + section
-    path.write_text(text.rstrip() + "\n")
-
-
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.throughput",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = new_parser("throughput", __doc__)
     parser.add_argument("--runs", type=int, default=5, help="turns per scenario (5)")
     parser.add_argument("--chunks", type=int, default=100_000, help="updates per turn (100000)")
     parser.add_argument("--chunk-size", type=int, default=100, help="text bytes per update (100)")
-    parser.add_argument("--write", metavar="PATH", help="write/replace the section in PATH")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.runs < 1 or args.chunks < 1 or args.chunk_size < 1:
         parser.error("--runs, --chunks and --chunk-size must be >= 1")
     return args
@@ -371,9 +297,7 @@ def _line(name: str, run: Run) -> str:
 
 async def main() -> int:
     args = parse_args()
-    command = command_line()
-    date = datetime.now(UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    stamp = Stamp.now("throughput")
     agent = agent_command(*AGENT_ARGS)
     runs_a: list[Run] = []
     runs_b: list[Run] = []
@@ -389,42 +313,25 @@ async def main() -> int:
             assert peer_a.pid is not None
             agents_b = children(proxy.pid)  # the session's agent and the warm spare(s)
             for n in range(1, args.runs + 1):
-                cpu = cpu_seconds(peer_a.pid)
+                cpu = stat_cpu_seconds(peer_a.pid)
                 with anyio.fail_after(TURN_LIMIT_S):
                     a = await stream_turn(peer_a, session_a, args.chunks, args.chunk_size)
-                a.agent_cpu = cpu_seconds(peer_a.pid) - cpu
+                a.agent_cpu = stat_cpu_seconds(peer_a.pid) - cpu
                 runs_a.append(a)
-                cpu, cpu_agents = cpu_seconds(proxy.pid), sum(map(cpu_seconds, agents_b))
+                cpu, cpu_agents = stat_cpu_seconds(proxy.pid), sum(map(stat_cpu_seconds, agents_b))
                 with anyio.fail_after(TURN_LIMIT_S):
                     b = await stream_turn(peer_b, session_b, args.chunks, args.chunk_size)
-                b.proxy_cpu = cpu_seconds(proxy.pid) - cpu
-                b.agent_cpu = sum(map(cpu_seconds, agents_b)) - cpu_agents
+                b.proxy_cpu = stat_cpu_seconds(proxy.pid) - cpu
+                b.agent_cpu = sum(map(stat_cpu_seconds, agents_b)) - cpu_agents
                 b.recorded = recorded(proxy.db, session_b, b.turn)
                 runs_b.append(b)
                 print(f"turn {n}/{args.runs}: {_line('A', a)}, {_line('B', b)}", flush=True)
             events = total_events(proxy.db)
-            db_bytes = sum(
-                p.stat().st_size for p in Path(proxy.db).parent.glob(Path(proxy.db).name + "*")
-            )
-    body, _ratio, passed = render(args, runs_a, runs_b, events, db_bytes)
-    header = (
-        f"Date: {date}  \nMachine: {machine()}; load average at start (1 / 5 / 15 min): "
-        f"{load}  \nCommand: `{command}`\n"
-    )
-    print()
-    print(SECTION_TITLE)
-    print()
-    print(header)
-    print(body)
-    if args.write:
-        write_section(Path(args.write), SECTION_TITLE, header + "\n" + body)
-        print(f"wrote section to {args.write}")
-    return 0 if passed else 1
-
-
-def _entry() -> None:
-    sys.exit(anyio.run(main, backend="asyncio"))
+            db_size = db_bytes(proxy.db)
+    body, _ratio, passed = render(args, runs_a, runs_b, events, db_size)
+    header = stamp.header(stamp.load_at_start())
+    return report(SECTION_TITLE, header, body, passed, args.write)
 
 
 if __name__ == "__main__":
-    _entry()
+    run_main(main)
