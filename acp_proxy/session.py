@@ -64,6 +64,19 @@ _blocks_decoder: Final = msgspec.json.Decoder(list[Raw])
 #: between pages (a 100 000-event load is ~50 pages).
 REPLAY_PAGE_EVENTS: Final = 2000
 _CANCELLED: Final = b'{"outcome":{"outcome":"cancelled"}}'
+
+
+class _UpdateParams(msgspec.Struct, forbid_unknown_fields=True):
+    """``session/update`` params as agents send them (anything else takes the slow path)."""
+
+    sessionId: str  # ACP wire name
+    update: Raw
+    meta: Raw = msgspec.field(name="_meta", default=Raw())
+
+
+_update_params_decoder: Final = msgspec.json.Decoder(_UpdateParams)
+_MALFORMED: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
 #: Updates that describe session state, not conversation: repeated copies are not recorded.
 STATE_KINDS: Final = frozenset(
     {"available_commands_update", "current_mode_update", "config_option_update"}
@@ -145,6 +158,7 @@ class Session:
 
     def __post_init__(self) -> None:
         self.log = get_logger(session_id=self.record.id)
+        self._payload_prefix = b'{"sessionId":' + _encoder.encode(self.record.id) + b',"update":'
 
     @property
     def id(self) -> str:
@@ -214,15 +228,30 @@ class Session:
 
     # -- agent → client ----------------------------------------------------------------------
 
-    def _record_update(self, params: Raw, batch: Batch) -> None:
+    def _client_payload(self, params: Raw) -> tuple[bytes, Raw | None] | None:
+        """``session/update`` params with the proxy's session id, and the raw ``update``."""
+        try:
+            # Fast path (the hot one: every streamed chunk): exactly sessionId, update and
+            # maybe _meta; the outer object is rebuilt from a per-session prefix.
+            fast = _update_params_decoder.decode(params)
+        except _MALFORMED:
+            pass
+        else:
+            meta = b',"_meta":' + bytes(fast.meta) if fast.meta else b""
+            return self._payload_prefix + bytes(fast.update) + meta + b"}", fast.update
         try:
             members = object_members(params)
         except Exception:
             self.log.warning("agent.bad_update_params")
+            return None
+        return rewrite_members(members, sessionId=self.id), members.get("update")
+
+    def _record_update(self, params: Raw, batch: Batch) -> None:
+        decoded = self._client_payload(params)
+        if decoded is None:
             return
-        payload = rewrite_members(members, sessionId=self.id)
+        payload, update = decoded
         self.last_active = time.monotonic()
-        update = members.get("update")
         kind = update_kind(update) if update is not None else ""
         if kind in STATE_KINDS and update is not None:
             if self.quiet_state and self.last_state.get(kind) == bytes(update):

@@ -91,10 +91,12 @@ _error_decoder: Final = msgspec.json.Decoder(_ErrorObject)
 _encoder: Final = msgspec.json.Encoder()
 
 
+_OPENERS: Final = frozenset(b"{[")
+
+
 def _is_structured(raw: Raw) -> bool:
     """True when ``raw`` is a JSON object or array (what JSON-RPC allows for params)."""
-    first = memoryview(raw)[:1].tobytes()
-    return first in (b"{", b"[")
+    return memoryview(raw)[0] in _OPENERS
 
 
 def decode_message(line: bytes) -> Message:
