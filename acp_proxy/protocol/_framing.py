@@ -63,21 +63,21 @@ class LineBuffer:
             self._buf.clear()
             return out
         buf = self._buf
-        start = len(buf)
-        buf += data
-        pos = 0
-        while True:
-            nl = buf.find(b"\n", max(pos, start))
-            if nl < 0:
-                break
+        first = data.find(b"\n")
+        if first >= 0:
+            # The line in progress ends here; the rest splits in C (one copy per line).
+            head = data[:first]
             if self._discarding:
                 self._discarding = False
             else:
-                self._emit(bytes(buf[pos:nl]), out)
-            pos = nl + 1
-            start = pos
-        if pos:
-            del buf[:pos]
+                self._emit(bytes(buf) + head if buf else head, out)
+            buf.clear()
+            lines = data[first + 1 :].split(b"\n")
+            data = lines.pop()  # after the last newline: the next line in progress
+            for line in lines:
+                self._emit(line, out)
+        if not self._discarding:
+            buf += data
         # A pending "\r" may still be half of a CRLF: it does not count against the limit.
         if len(buf) - buf.endswith(b"\r") > self.max_line_bytes:
             if not self._discarding:
@@ -91,7 +91,7 @@ class LineBuffer:
             line = line[:-1]
         if len(line) > self.max_line_bytes:
             out.append(OVERSIZE)
-        elif line.strip():
+        elif line and not line.isspace():
             out.append(line)
 
     @property
