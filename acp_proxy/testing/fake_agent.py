@@ -46,7 +46,8 @@ A prompt whose first block is acp-proxy's ``<acp-proxy:history …>`` seed (the 
 restore ladder) gives a new session its earlier turns: one per user message in the block.
 
 Extension: ``_fake/state {sessionId?}`` -> ``{pid, initializeCount, sessions: {id: {turns, cwd,
-mode, model, running}}, env: {FAKE_*, OPEN_DESIGN_* variables}}``.
+mode, model, running, boundWith}}, env: {FAKE_*, OPEN_DESIGN_* variables}}``; ``boundWith`` holds
+the ``mcpServers``/``additionalDirectories`` of the last new/load/resume in this process.
 """
 
 from __future__ import annotations
@@ -158,6 +159,8 @@ class Session:
     model: str = "fake/echo-1"
     turns: list[dict[str, str]] = dataclasses.field(default_factory=list)
     turn: Turn | None = None
+    #: what the last new/load/resume of this process gave (observable via _fake/state)
+    bound_with: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -211,6 +214,11 @@ def _describe(block: Any) -> str:
     if kind == "resource":
         return f"[resource {(block.get('resource') or {}).get('uri')}]"
     return f"[{kind}]"
+
+
+def _binding(params: dict[str, Any]) -> dict[str, Any]:
+    """The session/new|load|resume params that tie a session to a place and tools."""
+    return {k: params[k] for k in ("mcpServers", "additionalDirectories") if k in params}
 
 
 def _is_seed(block: Any) -> bool:
@@ -719,6 +727,7 @@ class Agent:
         cwd = self._cwd(params)
         await self._init_delay()
         session = Session(id="fake_" + secrets.token_hex(8), cwd=cwd)
+        session.bound_with = _binding(params)
         self.sessions[session.id] = session
         self.save(session)
         commands = {
@@ -739,6 +748,7 @@ class Agent:
         if session is None:
             raise RpcError(NOT_FOUND, "Resource not found", {"sessionId": params.get("sessionId")})
         session.cwd = cwd
+        session.bound_with = _binding(params)
         self.sessions[session.id] = session
         for turn in session.turns if replay else ():
             for kind, text, mid in (
@@ -856,6 +866,7 @@ class Agent:
                     "mode": s.mode,
                     "model": s.model,
                     "running": s.turn is not None,
+                    "boundWith": s.bound_with,
                 }
                 for s in self.sessions.values()
                 if wanted in (None, s.id)

@@ -181,3 +181,35 @@ async def test_seeding_survives_odd_recorded_updates(tmp: Path) -> None:
         assert reply.error is None, reply.error
         assert "holds 1 earlier turns" in summary(reply.updates())
         assert reply.result["_meta"]["acp-proxy"]["agent"] == "restored:new"
+
+
+async def test_mcp_servers_and_directories_given_on_load_reach_the_restored_agent(
+    tmp: Path,
+) -> None:
+    """A load's mcpServers/additionalDirectories are what the new agent process is bound with;
+    without them, the session's recorded ones are used."""
+    extra_dir = tmp / "lib"
+    extra_dir.mkdir()
+    server = {"name": "fs", "command": "/bin/true", "args": [], "env": []}
+    async with proxy(tmp, "--state-dir", str(tmp / "state")) as p, client(p) as c:
+        sid = await c.new_session(str(tmp), mcpServers=[server])
+        await c.prompt(sid, "one")
+        await _close_agent(c, sid)
+        loaded = await c.request(
+            "session/load",
+            {
+                "sessionId": sid,
+                "cwd": str(tmp),
+                "mcpServers": [],
+                "additionalDirectories": [str(extra_dir)],
+            },
+        )
+        assert loaded.error is None
+        state = (await c.request("_fake/state", {"sessionId": sid})).unwrap()
+        [bound] = [s["boundWith"] for s in state["sessions"].values()]
+        assert bound == {"mcpServers": [], "additionalDirectories": [str(extra_dir)]}
+        await _close_agent(c, sid)
+        await c.prompt(sid, "two")  # restored by a prompt: the recorded binding
+        state = (await c.request("_fake/state", {"sessionId": sid})).unwrap()
+        [bound] = [s["boundWith"] for s in state["sessions"].values()]
+        assert bound == {"mcpServers": [server]}
