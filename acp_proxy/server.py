@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import signal
 import socket
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import anyio
@@ -52,10 +55,29 @@ async def _watch_signals(tg: TaskGroup, log: object) -> None:
             return
 
 
+def _reap_agents_with_pidfd() -> None:
+    """Python 3.11's default child watcher keeps one waitpid thread per live agent (54
+    threads, ~15 KB each, with 50 sessions); a pidfd watcher uses the event loop instead.
+    3.12+ picks it by itself. Skipped where the kernel or sandbox refuses pidfd_open."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        loop = asyncio.get_running_loop()  # not on trio: nothing to do
+        os.close(os.pidfd_open(os.getpid()))
+    except (RuntimeError, OSError):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(loop)
+        asyncio.set_child_watcher(watcher)
+
+
 async def serve(config: Config) -> None:
     """Run the proxy until SIGINT/SIGTERM: agents are terminated and the store closed."""
     log = get_logger(component="serve")
     started = time.monotonic()
+    _reap_agents_with_pidfd()
     path = Path(config.socket)
     path.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale_socket(path)
