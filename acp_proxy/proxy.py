@@ -41,6 +41,7 @@ from .protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
+    MALFORMED_JSON,
     METHOD_NOT_FOUND,
     RESOURCE_NOT_FOUND,
     SESSION_BUSY,
@@ -62,7 +63,6 @@ from .session import STATE_KINDS, Session
 __all__ = ["Proxy"]
 
 _encoder: Final = msgspec.json.Encoder()
-_decoder: Final = msgspec.json.Decoder()
 #: What the proxy serves itself, whatever the agent supports (design §2).
 _PROXY_SESSION_CAPABILITIES: Final = ("list", "resume", "close", "delete")
 #: Agent session capabilities passed through as they are (they describe request params).
@@ -222,7 +222,7 @@ class Proxy:
         if msg.method == ENV_METHOD:
             try:
                 env = msgspec.json.decode(msg.params, type=_EnvParams).env
-            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            except MALFORMED_JSON:
                 client.log.warning("client.bad_env_notification")
                 return
             client.env = env
@@ -235,7 +235,7 @@ class Proxy:
             # Hop-scoped (acp-notes §7.4): the agent gets its own id, never the client's.
             try:
                 target = msgspec.json.decode(msg.params, type=_CancelParams).requestId
-            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            except MALFORMED_JSON:
                 client.log.warning("client.bad_cancel_request")
                 return
             entry = client.inflight.get(target)

@@ -38,6 +38,7 @@ from .protocol import (
     AGENT_EXITED,
     INTERNAL_ERROR,
     INVALID_PARAMS,
+    MALFORMED_JSON,
     ErrorResponse,
     Message,
     Notification,
@@ -75,7 +76,6 @@ class _UpdateParams(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _update_params_decoder: Final = msgspec.json.Decoder(_UpdateParams)
-_MALFORMED: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 #: Updates that describe session state, not conversation: repeated copies are not recorded.
 STATE_KINDS: Final = frozenset(
@@ -234,7 +234,7 @@ class Session:
             # Fast path (the hot one: every streamed chunk): exactly sessionId, update and
             # maybe _meta; the outer object is rebuilt from a per-session prefix.
             fast = _update_params_decoder.decode(params)
-        except _MALFORMED:
+        except MALFORMED_JSON:
             pass
         else:
             meta = b',"_meta":' + bytes(fast.meta) if fast.meta else b""
@@ -279,7 +279,7 @@ class Session:
     def _apply_state_update(self, kind: str, update: Raw, batch: Batch) -> None:
         try:
             body = _any_decoder.decode(update)
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        except MALFORMED_JSON:
             return
         if not isinstance(body, dict):
             return
@@ -349,7 +349,7 @@ class Session:
         # $/cancel_request is hop-scoped (acp-notes §7.4): translate the agent's id to ours.
         try:
             target = _any_decoder.decode(params).get("requestId")
-        except (msgspec.DecodeError, AttributeError):
+        except (*MALFORMED_JSON, AttributeError):
             return
         for fwd in self.forwarded.values():
             if fwd.agent is agent and fwd.agent_id == target:
@@ -377,7 +377,7 @@ class Session:
             return _CANCELLED
         try:
             options = _any_decoder.decode(params).get("options") or []
-        except (msgspec.DecodeError, AttributeError):
+        except (*MALFORMED_JSON, AttributeError):
             options = []
         for option in options:
             if isinstance(option, dict) and str(option.get("kind", "")).startswith(policy):
@@ -479,7 +479,7 @@ class Session:
         prompt = members.get("prompt")
         try:
             blocks = _blocks_decoder.decode(prompt) if prompt is not None else None
-        except msgspec.DecodeError:
+        except MALFORMED_JSON:
             blocks = None
         if prompt is None or blocks is None:
             raise LocalProtocolError(

@@ -36,7 +36,7 @@ from ._messages import (
     encode_response,
     error_payload,
 )
-from ._params import get_str, object_members, rewrite_members, update_kind
+from ._params import MALFORMED_JSON, get_str, object_members, rewrite_members, update_kind
 
 __all__ = [
     "AGENT_EXITED",
@@ -45,6 +45,7 @@ __all__ = [
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
+    "MALFORMED_JSON",
     "METHOD_NOT_FOUND",
     "OVERSIZE",
     "PARSE_ERROR",

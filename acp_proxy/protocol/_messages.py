@@ -14,6 +14,7 @@ import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
 from ._errors import INVALID_REQUEST, PARSE_ERROR, RemoteProtocolError
+from ._params import MALFORMED_JSON
 
 __all__ = [
     "EMPTY",
@@ -115,7 +116,7 @@ def decode_message(line: bytes) -> Message:
             "per line",
             INVALID_REQUEST,
         ) from None
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except MALFORMED_JSON as exc:
         # msgspec raises UnicodeDecodeError for invalid UTF-8 inside strings and
         # RecursionError for absurd nesting: both are the peer's malformed input.
         raise RemoteProtocolError(

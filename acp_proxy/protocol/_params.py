@@ -15,6 +15,7 @@ from msgspec import Raw
 from ._errors import INVALID_PARAMS, RemoteProtocolError
 
 __all__ = [
+    "MALFORMED_JSON",
     "get_str",
     "object_members",
     "rewrite_members",
@@ -22,8 +23,8 @@ __all__ = [
 ]
 
 #: What msgspec raises for input that is not valid JSON text: invalid UTF-8 inside a string
-#: surfaces as UnicodeDecodeError, absurd nesting as RecursionError.
-_MALFORMED: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+#: surfaces as UnicodeDecodeError, absurd nesting as RecursionError. Catch all three.
+MALFORMED_JSON: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 _members_decoder: Final = msgspec.json.Decoder(dict[str, Raw])
 _str_decoder: Final = msgspec.json.Decoder(str)
 _encoder: Final = msgspec.json.Encoder()
@@ -46,7 +47,7 @@ def object_members(raw: Raw | bytes) -> dict[str, Raw]:
         return {}
     try:
         return _members_decoder.decode(raw)
-    except _MALFORMED:
+    except MALFORMED_JSON:
         raise RemoteProtocolError(
             "Invalid params: expected a JSON object", INVALID_PARAMS
         ) from None
@@ -59,7 +60,7 @@ def get_str(members: dict[str, Raw], key: str) -> str | None:
         return None
     try:
         return _str_decoder.decode(raw)
-    except _MALFORMED:
+    except MALFORMED_JSON:
         return None
 
 
@@ -81,5 +82,5 @@ def update_kind(update: Raw | bytes) -> str:
     """The ``sessionUpdate`` discriminator of a SessionUpdate ("" when absent or malformed)."""
     try:
         return _kind_decoder.decode(update).sessionUpdate
-    except _MALFORMED:
+    except MALFORMED_JSON:
         return ""
