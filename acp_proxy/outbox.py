@@ -26,7 +26,6 @@ class Outbox:
         self._size = 0
         self._wakeup = anyio.Event()
         self._closed = False
-        self.bytes_sent = 0
 
     @property
     def closed(self) -> bool:
@@ -68,6 +67,5 @@ class Outbox:
                 chunks, self._chunks, self._size = self._chunks, [], 0
                 data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 await stream.send(data)
-                self.bytes_sent += len(data)
             if self._closed:
                 return

@@ -162,6 +162,7 @@ async def restore_session(
     agent.handler = session
     session.agent = agent
     session.quiet_state = True
+    session.drained = 0
     params = _bind_params(session, mcp_servers, additional_directories)
     try:
         rung, answer = await _rebind(proxy, session, agent, params)
@@ -201,6 +202,7 @@ async def restore_session(
         rung=rung,
         agent_pid=agent.pid,
         upstream_session_id=session.upstream_id,
+        drained_updates=session.drained,
         seeded_updates=session.seed["text"].count("\n") - 2 if session.seed else 0,
         ms=round((time.monotonic() - started) * 1000, 3),
     )

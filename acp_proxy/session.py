@@ -104,7 +104,6 @@ class Turn:
     bytes_upstream: int = 0
     updates: int = 0
     user_last_seq: int = 0  #: the user's blocks are events up to here
-    cancel_requested: bool = False
 
 
 @dataclass
@@ -140,7 +139,7 @@ class Session:
     setup: SetupTimings | None = None
     #: while true, the agent's session/update are a replay of what the store already holds
     draining: bool = False
-    drained: int = 0
+    drained: int = 0  #: updates the agent replayed while draining (logged by the restore)
     #: history block for the first prompt after a restore onto a brand new agent session
     seed: dict[str, Any] | None = None
     lock: anyio.Lock = field(default_factory=anyio.Lock)
@@ -551,8 +550,6 @@ class Session:
             agent.send_notification(
                 "session/cancel", _encoder.encode({"sessionId": self.upstream_id})
             )
-        if self.turn is not None:
-            self.turn.cancel_requested = True
         self.answer_forwarded(lambda fwd: fwd.method == "session/request_permission")
 
     def _on_prompt_reply(self, reply: Response | ErrorResponse, batch: Batch) -> None:

@@ -82,6 +82,8 @@ async def test_each_rung_restores_a_conversation_that_the_agent_then_holds(
             assert reply.result["_meta"]["acp-proxy"]["bytes_upstream"] > 500
         logs = [e for e in p.logs() if e["event"] == "session.restored"]
         assert [e["rung"] for e in logs] == [rung]
+        # Only the load rung has the agent replay; all of it was drained, none recorded.
+        assert [e["drained_updates"] > 0 for e in logs] == [rung == "load"]
 
 
 async def test_mode_and_model_are_reapplied_after_restore(tmp: Path) -> None:
