@@ -25,15 +25,27 @@ from ._records import (
     WriteOp,
 )
 from ._schema import MIGRATIONS, SCHEMA_VERSION
-from ._sqlite import QUEUE_SIZE, PendingCommit, SqliteStore, StoreStatistics, open_store
+from ._sqlite import (
+    CHECKPOINT_BYTES,
+    INLINE_MAX_OPS,
+    QUEUE_SIZE,
+    WAL_LIMIT_BYTES,
+    PendingCommit,
+    SqliteStore,
+    StoreStatistics,
+    open_store,
+)
 
 __all__ = [
+    "CHECKPOINT_BYTES",
+    "INLINE_MAX_OPS",
     "MIGRATIONS",
     "QUEUE_SIZE",
     "SCHEMA_VERSION",
     "SESSION_STATES",
     "TURN_OUTCOMES",
     "UNSET",
+    "WAL_LIMIT_BYTES",
     "AppendEvent",
     "DeleteSession",
     "FinishTurn",

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 
-import aiosqlite
-
 from ._records import SchemaVersionError, StoreError
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
@@ -65,15 +63,15 @@ SCHEMA_VERSION: int = len(MIGRATIONS)
 """The schema version this code writes."""
 
 
-async def _user_version(db: aiosqlite.Connection) -> int:
-    rows = list(await db.execute_fetchall("PRAGMA user_version"))
-    return int(rows[0][0])
+def _user_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-async def migrate(db: aiosqlite.Connection) -> None:
+def migrate(db: sqlite3.Connection) -> None:
     """Bring the database up to `SCHEMA_VERSION`, one transaction per migration.
 
-    ``db`` must be in autocommit mode (``isolation_level=None``) with no open transaction.
+    Blocking: the store runs it on a worker thread. ``db`` must be in autocommit mode
+    (``isolation_level=None``) with no open transaction.
 
     Args:
         db: The write connection.
@@ -82,7 +80,7 @@ async def migrate(db: aiosqlite.Connection) -> None:
         SchemaVersionError: The database is newer than this code.
         StoreError: A migration failed; the database stays at the last good version.
     """
-    version = await _user_version(db)
+    version = _user_version(db)
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(
             f"database schema version {version} is newer than this acp-proxy supports "
@@ -93,11 +91,11 @@ async def migrate(db: aiosqlite.Connection) -> None:
             f"BEGIN IMMEDIATE;\n{MIGRATIONS[index]}\nPRAGMA user_version = {index + 1};\nCOMMIT;"
         )
         try:
-            await db.executescript(script)
+            db.executescript(script)
         except sqlite3.Error as exc:
             if db.in_transaction:
-                await db.execute("ROLLBACK")
-            if await _user_version(db) > index:
+                db.execute("ROLLBACK")
+            if _user_version(db) > index:
                 continue  # another process applied this migration concurrently
             raise StoreError(
                 f"schema migration from version {index} to {index + 1} failed: {exc}"

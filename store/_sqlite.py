@@ -1,12 +1,25 @@
-"""SQLite implementation of `SessionStore` (aiosqlite, WAL, one group-committing writer).
+"""SQLite implementation of `SessionStore` (aiosqlite reads, WAL, one writer).
 
-Writes: `SqliteStore.commit` queues its ops as one batch and waits. A single writer task
-takes every batch queued at that moment, applies them inside one ``BEGIN IMMEDIATE``
-transaction (each batch inside its own savepoint, so a failing batch is rolled back alone),
-commits once and then wakes every waiter. WAL with ``synchronous=NORMAL`` makes a committed
-transaction survive the process being killed (not necessarily a power loss).
+Writes: a batch of ops (`SqliteStore.submit` / `SqliteStore.commit`) is committed atomically,
+in call order. When the writer is idle the batch is committed at once, on the calling (event
+loop) thread, by a plain ``sqlite3`` connection: in WAL mode with ``synchronous=NORMAL`` a small
+transaction is a few local ``write()`` calls and no fsync (~20 µs), where a hop to a worker
+thread and back costs ~0.5 ms of a streamed token's latency (measured, BENCHMARKS.md §5). A
+batch that could block (more than `INLINE_MAX_OPS` ops, a `DeleteSession`, or a database
+another process holds locked) goes to the writer task instead, which commits it on a worker
+thread; batches submitted meanwhile queue behind it and are committed together, one
+``BEGIN IMMEDIATE`` transaction per group (each batch in its own savepoint, so a failing batch
+is rolled back alone). A committed transaction survives the process being killed (not
+necessarily a power loss).
 
-Reads use a second connection and see everything committed so far.
+Checkpoints fsync, so they never run on the event loop: automatic checkpointing is off on the
+write connection and a checkpointer task runs ``wal_checkpoint(PASSIVE)`` on its own connection
+(on aiosqlite's thread) after every `CHECKPOINT_BYTES` of writes. A passive checkpoint cannot
+catch up with a writer that never pauses, so once `WAL_LIMIT_BYTES` are written without a
+complete checkpoint, the next group is committed on the worker thread followed by a checkpoint
+on the write connection itself (what SQLite's automatic checkpoint would do, off the loop).
+Reads use another aiosqlite
+connection and see everything committed so far.
 """
 
 from __future__ import annotations
@@ -16,13 +29,15 @@ import binascii
 import contextlib
 import os
 import sqlite3
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import aiosqlite
 import anyio
+import anyio.lowlevel
 from msgspec import UNSET
 from msgspec.structs import astuple
 
@@ -40,16 +55,34 @@ from ._records import (
 )
 from ._schema import migrate
 
-__all__ = ["QUEUE_SIZE", "PendingCommit", "SqliteStore", "StoreStatistics", "open_store"]
+__all__ = [
+    "CHECKPOINT_BYTES",
+    "INLINE_MAX_OPS",
+    "QUEUE_SIZE",
+    "WAL_LIMIT_BYTES",
+    "PendingCommit",
+    "SqliteStore",
+    "StoreStatistics",
+    "open_store",
+]
 
-QUEUE_SIZE = 10_000
-"""How many `SqliteStore.commit` batches may wait for the writer before callers block."""
+QUEUE_SIZE: Final = 10_000
+"""How many batches may wait for the writer before `SqliteStore.commit` callers block."""
+INLINE_MAX_OPS: Final = 1024
+"""Batches with more ops than this are committed on a worker thread, not on the event loop."""
+CHECKPOINT_BYTES: Final = 4 << 20
+"""Roughly this much written (payload bytes) between two background WAL checkpoints."""
+WAL_LIMIT_BYTES: Final = 4 * CHECKPOINT_BYTES
+"""Written without a complete checkpoint past this, writes pause for one (WAL size bound)."""
+BUSY_TIMEOUT_MS: Final = 5000
+"""How long a commit on the worker thread waits for a lock another process holds."""
 
 _PRAGMAS = (
-    "PRAGMA busy_timeout = 5000",
+    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
     "PRAGMA synchronous = NORMAL",
     "PRAGMA foreign_keys = ON",
 )
+_OP_BYTES: Final = 256  #: what a non-event op is counted as towards the next checkpoint
 
 _SESSION_COLUMNS = ", ".join(SessionRecord.__struct_fields__)
 _TURN_COLUMNS = ", ".join(TurnRecord.__struct_fields__)
@@ -92,27 +125,33 @@ class StoreStatistics(NamedTuple):
     """Counters of a `SqliteStore` since it was opened.
 
     Attributes:
-        transactions: Transactions committed by the writer.
-        batches_committed: `SqliteStore.commit` calls whose ops were committed.
-        batches_failed: `SqliteStore.commit` calls that raised `StoreError`.
+        transactions: Transactions committed.
+        batches_committed: Batches (`SqliteStore.submit` / `SqliteStore.commit` calls) whose
+            ops were committed.
+        batches_failed: Batches that failed with `StoreError`.
         ops_committed: Write ops committed.
+        inline_transactions: Of ``transactions``, those run on the event loop thread.
+        checkpoints: Background WAL checkpoints run.
     """
 
     transactions: int
     batches_committed: int
     batches_failed: int
     ops_committed: int
+    inline_transactions: int
+    checkpoints: int
 
 
 class _Batch:
-    """The ops of one `SqliteStore.commit` call and how to tell its caller they are done."""
+    """The ops of one `SqliteStore.submit` call and its outcome."""
 
-    __slots__ = ("done", "error", "ops")
+    __slots__ = ("_event", "error", "finished", "ops")
 
     def __init__(self, ops: tuple[WriteOp, ...]) -> None:
         self.ops = ops
-        self.done = anyio.Event()
+        self.finished = False
         self.error: StoreError | None = None
+        self._event: anyio.Event | None = None  # created only if somebody waits
 
     def fail(self, message: str, cause: BaseException | None = None) -> None:
         """Record the first failure of this batch."""
@@ -120,40 +159,71 @@ class _Batch:
             self.error = StoreError(message)
             self.error.__cause__ = cause
 
+    def finish(self) -> None:
+        """The outcome is known (committed, or ``error``): wake the waiter."""
+        self.finished = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        """Return once :meth:`finish` was called."""
+        if not self.finished:
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
+
 
 PendingCommit = _Batch
-"""Ops queued by `SqliteStore.submit`, not yet known to be committed."""
+"""A batch queued by `SqliteStore.submit`, committed or not yet (``finished``)."""
 
 
 class SqliteStore:
     """A `SessionStore` on one SQLite file. Create it with `open_store`."""
 
-    def __init__(self, path: Path, write: aiosqlite.Connection, read: aiosqlite.Connection) -> None:
-        """Wrap two open connections; `open_store` runs the writer and closes them.
+    def __init__(
+        self,
+        path: Path,
+        write: sqlite3.Connection,
+        read: aiosqlite.Connection,
+        checkpoint: aiosqlite.Connection,
+    ) -> None:
+        """Wrap open connections; `open_store` runs the writer and closes them.
 
         Args:
             path: The database file.
-            write: Connection used only by the writer task (autocommit mode).
+            write: Plain connection used only by the writer (autocommit mode, opened with
+                ``check_same_thread=False``: the loop thread and one worker thread take turns).
             read: Connection used only for reads (``query_only``).
+            checkpoint: Connection used only for background WAL checkpoints.
         """
         self.path = path
         self._write = write
         self._read = read
-        self._send, self._receive = anyio.create_memory_object_stream[_Batch](QUEUE_SIZE)
+        self._checkpoint = checkpoint
+        self._queue: deque[_Batch] = deque()
+        self._wakeup = anyio.Event()  # set: the queue has batches, or the store is closing
+        self._space = anyio.Event()  # set: the writer took the queue
+        self._closing = False
+        self._writing = False  # a group is being committed on the worker thread
         self._writer_scope = anyio.CancelScope(shield=True)
         self._writer_done = anyio.Event()
+        self._checkpoint_wanted = anyio.Event()
+        self._unchecked_bytes = 0  # written since the last checkpoint was asked for
+        self._wal_bytes = 0  # written since the last complete checkpoint
         self._transactions = 0
+        self._inline_transactions = 0
         self._batches_committed = 0
         self._batches_failed = 0
         self._ops_committed = 0
+        self._checkpoints = 0
 
     # -- writes ---------------------------------------------------------------------------
 
     async def commit(self, ops: Sequence[WriteOp]) -> None:
         """Apply ``ops`` atomically and in order; return once they are committed.
 
-        Batches from concurrent calls are committed in the order they were queued. If the
-        caller is cancelled after queueing, the ops are still committed.
+        Batches are committed in the order they were submitted. If the caller is cancelled
+        after this call queued them, the ops are still committed.
 
         Args:
             ops: The write operations; an empty sequence returns at once.
@@ -163,38 +233,34 @@ class SqliteStore:
                 the store is closed (only if the store's close timeout interrupted a
                 running COMMIT can the ops have been committed anyway).
         """
+        await anyio.lowlevel.checkpoint()  # a commit on the loop thread must not starve it
         if not ops:
             return
-        batch = _Batch(tuple(ops))
-        try:
-            # Queue before any checkpoint: callers allocate sequence numbers synchronously
-            # and rely on the store committing in the order they called.
-            try:
-                self._send.send_nowait(batch)
-            except anyio.WouldBlock:
-                await self._send.send(batch)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise StoreError(f"store {self.path} is closed; nothing committed") from None
-        await self.wait_committed(batch)
+        while len(self._queue) >= QUEUE_SIZE and not self._closing:
+            self._space = anyio.Event()
+            await self._space.wait()
+        await self.wait_committed(self.submit(ops))
 
     def submit(self, ops: Sequence[WriteOp]) -> PendingCommit:
-        """Queue ``ops`` now, without waiting; :meth:`wait_committed` waits for them.
+        """Commit ``ops`` now if the writer is idle, else queue them; never waits.
 
-        For a caller that must act before the commit lands but keep its place in the commit
-        order (the proxy forwards a prompt while its turn row is being written).
+        The caller keeps its place in the commit order either way (the proxy forwards a
+        prompt while its turn row is being written, and delivers an agent's output once
+        :meth:`wait_committed` returns).
 
         Raises:
             StoreError: the store is closed, or so far behind that its queue is full.
         """
         batch = _Batch(tuple(ops))
-        try:
-            self._send.send_nowait(batch)
-        except anyio.WouldBlock:
-            raise StoreError(
-                f"store {self.path} has {QUEUE_SIZE} commits queued; nothing queued"
-            ) from None
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise StoreError(f"store {self.path} is closed; nothing committed") from None
+        if self._closing:
+            raise StoreError(f"store {self.path} is closed; nothing committed")
+        idle = not self._queue and not self._writing and self._wal_bytes < WAL_LIMIT_BYTES
+        if idle and _may_run_inline(batch.ops) and self._commit_now([batch]):
+            return batch
+        if len(self._queue) >= QUEUE_SIZE:
+            raise StoreError(f"store {self.path} has {QUEUE_SIZE} commits queued; nothing queued")
+        self._queue.append(batch)
+        self._wakeup.set()
         return batch
 
     async def wait_committed(self, pending: PendingCommit) -> None:
@@ -203,7 +269,7 @@ class SqliteStore:
         Raises:
             StoreError: it was not committed.
         """
-        await pending.done.wait()
+        await pending.wait()
         if pending.error is not None:
             raise pending.error
 
@@ -214,63 +280,102 @@ class SqliteStore:
             batches_committed=self._batches_committed,
             batches_failed=self._batches_failed,
             ops_committed=self._ops_committed,
+            inline_transactions=self._inline_transactions,
+            checkpoints=self._checkpoints,
         )
 
+    def _commit_now(self, group: list[_Batch]) -> bool:
+        """Commit ``group`` on this thread unless the database is locked (then False)."""
+        outcome = _commit_group_sync(self._write, group, wait=False)
+        if outcome is None:
+            return False
+        self._inline_transactions += outcome.committed
+        self._finish(group, outcome)
+        return True
+
+    def _finish(self, group: list[_Batch], outcome: _Outcome) -> None:
+        self._transactions += outcome.committed
+        self._unchecked_bytes += outcome.bytes_written
+        self._wal_bytes += outcome.bytes_written
+        if outcome.checkpointed:
+            self._wal_bytes = 0
+            self._checkpoints += 1
+        if self._unchecked_bytes >= CHECKPOINT_BYTES:
+            self._unchecked_bytes = 0
+            self._checkpoint_wanted.set()
+        for batch in group:
+            if batch.error is None:
+                self._batches_committed += 1
+                self._ops_committed += len(batch.ops)
+            else:
+                self._batches_failed += 1
+            batch.finish()
+
     async def _run_writer(self) -> None:
-        """Commit queued batches in groups until the send side is closed and drained."""
+        """Commit queued batches in groups until the store closes and the queue is empty."""
         try:
             with self._writer_scope:
-                async for batch in self._receive:
-                    await self._commit_group([batch, *self._take_queued()])
+                while self._queue or not self._closing:
+                    if not self._queue:
+                        self._wakeup = anyio.Event()
+                        await self._wakeup.wait()
+                        continue
+                    group = list(self._queue)
+                    self._queue.clear()
+                    self._space.set()
+                    await self._commit_group(group)
         finally:
             # Only reached early when the shutdown timeout cancelled us: fail the rest.
-            for batch in self._take_queued():
+            while self._queue:
+                batch = self._queue.popleft()
                 batch.fail(f"store {self.path} closed before the commit finished")
-                batch.done.set()
-            self._receive.close()
+                batch.finish()
+            self._space.set()
             self._writer_done.set()
 
-    def _take_queued(self) -> list[_Batch]:
-        """Return every batch queued right now without waiting."""
-        batches: list[_Batch] = []
-        while True:
-            try:
-                batches.append(self._receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return batches
-
     async def _commit_group(self, group: list[_Batch]) -> None:
-        """Run ``group`` in one transaction and wake its waiters.
-
-        The whole transaction runs as one call on the connection's thread: one hop from the
-        event loop per group, instead of one per statement (7 for a prompt, measured as 40 %
-        of the proxy's busy time with 100 conversations). aiosqlite has no public API to run
-        a function on its thread; ``_execute`` is what its own methods use (the version is
-        pinned in pyproject.toml and every store test goes through this path).
-        """
-        db = self._write
+        """Commit ``group`` in one transaction: on this thread if it cannot block, else on a
+        worker thread (the loop goes on; later batches queue behind this group)."""
+        checkpoint = self._wal_bytes >= WAL_LIMIT_BYTES
+        inline = not checkpoint and all(_may_run_inline(batch.ops) for batch in group)
+        if inline and self._commit_now(group):
+            return
+        self._writing = True
         try:
-            committed = await db._execute(_commit_group_sync, db._conn, group)
+            outcome = await anyio.to_thread.run_sync(
+                _commit_group_sync, self._write, group, True, checkpoint
+            )
         except BaseException:
             for batch in group:
                 batch.fail(f"store {self.path} closed while committing; outcome unknown")
+                batch.finish()
             raise
-        else:
-            self._transactions += committed
         finally:
-            for batch in group:
-                if batch.error is None:
-                    self._batches_committed += 1
-                    self._ops_committed += len(batch.ops)
-                else:
-                    self._batches_failed += 1
-            for batch in group:
-                batch.done.set()
+            self._writing = False
+        assert outcome is not None  # wait=True never gives up on a lock
+        self._finish(group, outcome)
+
+    async def _run_checkpointer(self) -> None:
+        """Run a PASSIVE checkpoint (never blocks writers) whenever the writer asks for one."""
+        while True:
+            await self._checkpoint_wanted.wait()
+            self._checkpoint_wanted = anyio.Event()
+            transactions = self._transactions
+            try:
+                rows = await self._checkpoint.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                continue  # e.g. the database is busy: the next checkpoint catches up
+            self._checkpoints += 1
+            if _checkpoint_complete(list(rows)) and transactions == self._transactions:
+                # Nothing was committed meanwhile: the whole WAL is in the database file, the
+                # next write starts it over.
+                self._wal_bytes = 0
 
     async def _shutdown(self, grace: float) -> None:
         """Commit everything queued, then stop the writer (cancelled after ``grace`` s)."""
         with anyio.move_on_after(grace, shield=True):
-            self._send.close()
+            self._closing = True
+            self._wakeup.set()
             await self._writer_done.wait()
         self._writer_scope.cancel()
 
@@ -427,13 +532,40 @@ async def _close(db: aiosqlite.Connection, grace: float) -> None:
         await db.close()
 
 
+def _open_writer(path: Path) -> sqlite3.Connection:
+    """Open, switch to WAL and migrate the write connection (blocking: run on a thread)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        for pragma in _PRAGMAS:
+            conn.execute(pragma)
+        journal_mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(journal_mode).lower() != "wal":
+            raise StoreError(f"cannot use WAL journal mode on {path} (got {journal_mode!r})")
+        migrate(conn)
+        # From here on: commits on the event loop must not wait for other processes' locks
+        # (they go to the worker thread, which waits) nor run a checkpoint (it fsyncs).
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")  # WAL file size on reset
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+async def _close_writer(conn: sqlite3.Connection, grace: float) -> None:
+    # The last connection to close checkpoints the WAL (fsync): off the event loop.
+    with anyio.move_on_after(grace, shield=True):
+        await anyio.to_thread.run_sync(conn.close)
+
+
 @asynccontextmanager
 async def open_store(
     path: str | os.PathLike[str], *, close_timeout: float = 30.0
 ) -> AsyncIterator[SqliteStore]:
     """Open (creating and migrating if needed) the store at ``path`` and run its writer.
 
-    On exit everything still queued is committed, then the writer stops and both
+    On exit everything still queued is committed, then the writer stops and the
     connections close, even when the surrounding scope is cancelled.
 
     Args:
@@ -451,23 +583,25 @@ async def open_store(
     db_path = Path(path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
-        write = await _connect(db_path, stack, close_timeout)
-        rows = list(await write.execute_fetchall("PRAGMA journal_mode = WAL"))
-        journal_mode = rows[0][0]
-        if str(journal_mode).lower() != "wal":
-            raise StoreError(f"cannot use WAL journal mode on {db_path} (got {journal_mode!r})")
-        await migrate(write)
+        try:
+            write = await anyio.to_thread.run_sync(_open_writer, db_path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store {db_path}: {exc}") from exc
+        stack.push_async_callback(_close_writer, write, close_timeout)
         read = await _connect(db_path, stack, close_timeout)
         await read.execute("PRAGMA query_only = ON")
-        store = SqliteStore(db_path, write, read)
+        checkpoint = await _connect(db_path, stack, close_timeout)
+        store = SqliteStore(db_path, write, read, checkpoint)
         error: BaseException | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(store._run_writer)
+                tg.start_soon(store._run_checkpointer)
                 try:
                     yield store
                 finally:
                     await store._shutdown(close_timeout)
+                    tg.cancel_scope.cancel()  # the checkpointer
         except BaseExceptionGroup as group:
             if len(group.exceptions) != 1:
                 raise
@@ -478,55 +612,106 @@ async def open_store(
             raise error
 
 
-def _commit_group_sync(conn: sqlite3.Connection, group: list[_Batch]) -> bool:
+def _may_run_inline(ops: Sequence[WriteOp]) -> bool:
+    """Whether committing ``ops`` is quick enough for the event loop thread."""
+    return len(ops) <= INLINE_MAX_OPS and not any(isinstance(op, DeleteSession) for op in ops)
+
+
+class _Outcome(NamedTuple):
+    committed: bool  #: the transaction committed (some batches may still have failed)
+    bytes_written: int  #: about how much was written, for checkpoint pacing
+    checkpointed: bool = False  #: a complete checkpoint followed the commit
+
+
+def _checkpoint_complete(rows: list[Any]) -> bool:
+    """``PRAGMA wal_checkpoint`` answered (busy, frames in the WAL, frames checkpointed)."""
+    return bool(rows) and rows[0][0] == 0 and rows[0][1] == rows[0][2]
+
+
+def _commit_group_sync(
+    conn: sqlite3.Connection, group: list[_Batch], wait: bool, checkpoint: bool = False
+) -> _Outcome | None:
     """One transaction for ``group``; a failing batch is rolled back alone (savepoint).
 
-    Runs on the connection's thread. Returns whether the transaction committed.
+    With ``wait`` false (the event loop thread) a database locked by another process returns
+    None at once, nothing done; with ``wait`` true (a worker thread) the lock is waited for
+    up to `BUSY_TIMEOUT_MS`. ``checkpoint`` (worker thread only) checkpoints the WAL after.
     """
+    written = 0
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        for batch in group:
-            conn.execute("SAVEPOINT batch")
-            try:
-                _apply_sync(conn, batch.ops)
-            except Exception as exc:
-                if not conn.in_transaction:
-                    raise  # SQLite aborted the whole transaction: the group fails.
-                conn.execute("ROLLBACK TO batch")
-                conn.execute("RELEASE batch")
-                batch.fail(f"commit of {len(batch.ops)} op(s) failed, nothing applied: {exc}", exc)
-            else:
-                conn.execute("RELEASE batch")
+        if wait:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not wait and exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                return None
+            raise
+        if len(group) == 1:  # no savepoint needed: the batch is the transaction
+            written = _apply_sync(conn, group[0].ops)
+        else:
+            for batch in group:
+                conn.execute("SAVEPOINT batch")
+                try:
+                    written += _apply_sync(conn, batch.ops)
+                except Exception as exc:
+                    if not conn.in_transaction:
+                        raise  # SQLite aborted the whole transaction: the group fails.
+                    conn.execute("ROLLBACK TO batch")
+                    conn.execute("RELEASE batch")
+                    batch.fail(
+                        f"commit of {len(batch.ops)} op(s) failed, nothing applied: {exc}", exc
+                    )
+                else:
+                    conn.execute("RELEASE batch")
         conn.execute("COMMIT")
     except Exception as exc:
         if conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):  # The transaction is gone either way.
                 conn.execute("ROLLBACK")
         for batch in group:
-            batch.fail(f"transaction of {len(group)} commit call(s) failed: {exc}", exc)
-        return False
-    return True
+            if len(group) == 1 and isinstance(exc, StoreError):
+                batch.fail(f"commit of {len(batch.ops)} op(s) failed, nothing applied: {exc}", exc)
+            else:
+                batch.fail(f"transaction of {len(group)} commit call(s) failed: {exc}", exc)
+        return _Outcome(False, 0)
+    finally:
+        if wait:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA busy_timeout = 0")
+    checkpointed = False
+    if checkpoint:
+        with contextlib.suppress(sqlite3.Error):  # the next attempt catches up
+            rows = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            checkpointed = _checkpoint_complete(rows)
+    return _Outcome(True, written, checkpointed)
 
 
-def _apply_sync(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> None:
-    """Execute ``ops`` in order, inserting runs of `AppendEvent` with one executemany."""
+def _apply_sync(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> int:
+    """Execute ``ops`` in order, inserting runs of `AppendEvent` with one executemany.
+
+    Returns about how many bytes it wrote.
+    """
     run: list[AppendEvent] = []
+    written = 0
     for op in ops:
         if isinstance(op, AppendEvent):
             run.append(op)
             continue
         if run:
-            _append_events_sync(conn, run)
+            written += _append_events_sync(conn, run)
             run = []
         try:
             _apply_one_sync(conn, op)
         except (sqlite3.Error, TypeError) as exc:
             raise StoreError(f"{_describe(op)} failed: {exc}") from exc
+        written += _OP_BYTES
     if run:
-        _append_events_sync(conn, run)
+        written += _append_events_sync(conn, run)
+    return written
 
 
-def _append_events_sync(conn: sqlite3.Connection, run: list[AppendEvent]) -> None:
+def _append_events_sync(conn: sqlite3.Connection, run: list[AppendEvent]) -> int:
     rows = [(op.session_id, op.seq, op.turn, op.kind, op.payload) for op in run]
     try:
         conn.executemany(_APPEND_EVENT, rows)
@@ -536,6 +721,7 @@ def _append_events_sync(conn: sqlite3.Connection, run: list[AppendEvent]) -> Non
             f"AppendEvent of {len(run)} event(s) (session {first.session_id!r} "
             f"seq {first.seq}, ..., session {last.session_id!r} seq {last.seq}) failed: {exc}"
         ) from exc
+    return sum(len(row[4]) for row in rows) + 32 * len(rows)
 
 
 def _apply_one_sync(db: sqlite3.Connection, op: WriteOp) -> None:
