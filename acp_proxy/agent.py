@@ -168,6 +168,7 @@ class AgentProcess:
         self._decided_send, self._decided_receive = anyio.create_memory_object_stream[
             tuple[PendingCommit | None, Batch]
         ](PIPELINE_BATCHES)
+        self._undelivered = 0  # batches sent to _deliver_decided and not delivered yet
         self._max_line_bytes = max_line_bytes
         self._kill_grace_s = kill_grace_s
         self._next_id = 0
@@ -264,9 +265,16 @@ class AgentProcess:
                     entry[1](msg, batch)
             else:
                 self.handler.on_agent_message(self, msg, batch)
-        # Queued now (commit order = decision order), delivered by _deliver_decided once
-        # committed: an update reaches a client only when it is in the store.
-        await self._decided_send.send((self._submit(batch), batch))
+        # Submitted now (commit order = decision order) and delivered once committed: an
+        # update reaches a client only when it is in the store. The store usually commits a
+        # batch at once (idle writer): then, with nothing older waiting, it is delivered here,
+        # without the hop to _deliver_decided.
+        pending = self._submit(batch)
+        if not self._undelivered and (pending is None or pending.finished):
+            self._deliver(pending, batch)
+        else:
+            self._undelivered += 1
+            await self._decided_send.send((pending, batch))
 
     def _submit(self, batch: Batch) -> PendingCommit | None:
         if not batch.ops:
@@ -280,14 +288,15 @@ class AgentProcess:
     async def _deliver_decided(self) -> None:
         async with self._decided_receive:
             async for pending, batch in self._decided_receive:
-                await self._deliver_when_committed(pending, batch)
+                if pending is not None:
+                    await pending.wait()
+                self._deliver(pending, batch)
+                self._undelivered -= 1
 
-    async def _deliver_when_committed(self, pending: PendingCommit | None, batch: Batch) -> None:
-        if pending is not None:
-            try:
-                await self._store.wait_committed(pending)
-            except StoreError:
-                self.log.exception("store.commit_failed", ops=len(batch.ops))
+    def _deliver(self, pending: PendingCommit | None, batch: Batch) -> None:
+        """Run a committed (or failed to commit: logged) batch's deliveries in order."""
+        if pending is not None and pending.error is not None:
+            self.log.error("store.commit_failed", ops=len(batch.ops), error=str(pending.error))
         for deliver in batch.deliveries:
             deliver()
 
@@ -354,7 +363,10 @@ class AgentProcess:
             callback(reply, batch)
         self.handler.on_agent_exit(self, batch)
         self.exited.set()
-        await self._deliver_when_committed(self._submit(batch), batch)
+        pending = self._submit(batch)
+        if pending is not None:
+            await pending.wait()
+        self._deliver(pending, batch)
 
     # -- sending -----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import msgspec
-from anyio.abc import ByteStream, TaskGroup
+from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 from msgspec import Raw
 
 from .logs import get_logger
@@ -53,7 +53,12 @@ class ClientConnection:
         self.proxy = proxy
         self.stream = stream
         self.number = number
-        self.outbox = Outbox(proxy.config.client_outbox_bytes)
+        raw_socket = stream.extra(SocketAttribute.raw_socket, None)
+        # Direct writes only on a non-blocking socket (anyio's are): never block the loop.
+        direct = (
+            raw_socket.send if raw_socket is not None and not raw_socket.getblocking() else None
+        )
+        self.outbox = Outbox(proxy.config.client_outbox_bytes, direct)
         self.sessions: set[Session] = set()
         #: client request id → (agent, agent-side id), to translate ``$/cancel_request``
         self.inflight: dict[RequestId, tuple[AgentProcess, int]] = {}

@@ -1,16 +1,24 @@
 """A byte-bounded outgoing queue with one writer task per peer.
 
 Deciding code stays synchronous: it calls :meth:`Outbox.send_nowait` and never awaits a slow
-peer. The writer task joins everything queued into one write, so a burst of small lines costs
-one syscall. A peer that stops reading fills its own outbox and is cut off; nobody else waits.
+peer. When nothing is queued or being written, the data is written at once with the peer's
+non-blocking ``direct`` write (a socket's ``send``): no hop through the writer task, whose
+wake-up costs more than the write. What that does not take is queued; the writer task joins
+everything queued into one write, so a burst of small lines costs one syscall. A peer that
+stops reading fills its own outbox and is cut off; nobody else waits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 from anyio.abc import ByteSendStream
 
-__all__ = ["Outbox", "OutboxFull"]
+__all__ = ["DirectWrite", "Outbox", "OutboxFull"]
+
+#: A non-blocking write: returns how many bytes it took, raises ``BlockingIOError`` for none.
+DirectWrite = Callable[[bytes], int]
 
 
 class OutboxFull(Exception):
@@ -20,8 +28,11 @@ class OutboxFull(Exception):
 class Outbox:
     """Queue bytes for a stream; :meth:`run` writes them in order."""
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, direct: DirectWrite | None = None) -> None:
         self.limit_bytes = limit_bytes
+        #: writes to the same peer as the stream given to :meth:`run`, bypassing it
+        self.direct = direct
+        self._sending = False  # run() is inside stream.send()
         self._chunks: list[bytes] = []
         self._size = 0
         self._wakeup = anyio.Event()
@@ -40,6 +51,14 @@ class Outbox:
         """
         if self._closed:
             return
+        if self.direct is not None and not self._chunks and not self._sending:
+            try:
+                sent = self.direct(data)
+            except OSError:  # full (BlockingIOError), or broken: the writer task finds out
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
         if self._size + len(data) > self.limit_bytes and self._chunks:
             self.close()
             raise OutboxFull(
@@ -66,6 +85,10 @@ class Outbox:
             while self._chunks:
                 chunks, self._chunks, self._size = self._chunks, [], 0
                 data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                await stream.send(data)
+                self._sending = True
+                try:
+                    await stream.send(data)
+                finally:
+                    self._sending = False
             if self._closed:
                 return
