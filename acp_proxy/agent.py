@@ -39,7 +39,9 @@ from .protocol import (
     Request,
     RequestId,
     Response,
+    SessionUpdate,
     decode_message,
+    decode_update_line,
     encode_error,
     encode_notification,
     encode_request,
@@ -54,6 +56,7 @@ __all__ = [
     "AgentProcess",
     "Batch",
     "ExitInfo",
+    "LineSink",
     "ReplyCallback",
 ]
 
@@ -64,12 +67,41 @@ STDERR_TAIL_LINES: Final = 20
 _PROXY_VERSION: Final = "0.1.0"
 
 
+class LineSink(Protocol):
+    """Where a batch's lines for one conversation go once committed."""
+
+    def deliver_lines(self, items: list[tuple[int, bytes]]) -> None:
+        """Send ``(event seq or 0, line)`` items, in order."""
+
+
+class _LineRun:
+    """Consecutive lines of a batch for one sink: delivered as one write, not one each."""
+
+    __slots__ = ("items", "sink")
+
+    def __init__(self, sink: LineSink, seq: int, line: bytes) -> None:
+        self.sink = sink
+        self.items = [(seq, line)]
+
+    def __call__(self) -> None:
+        self.sink.deliver_lines(self.items)
+
+
 @dataclass
 class Batch:
     """What one chunk of agent output means: store writes, then deliveries in order."""
 
     ops: list[Any] = field(default_factory=list)
     deliveries: list[Callable[[], None]] = field(default_factory=list)
+
+    def add_line(self, sink: LineSink, seq: int, line: bytes) -> None:
+        """Deliver ``line`` to ``sink`` after what is queued so far (joined with the lines
+        queued for the same sink just before it)."""
+        last = self.deliveries[-1] if self.deliveries else None
+        if type(last) is _LineRun and last.sink is sink:
+            last.items.append((seq, line))
+        else:
+            self.deliveries.append(_LineRun(sink, seq, line))
 
 
 #: Called (synchronously) with the agent's answer to a request the proxy sent.
@@ -81,6 +113,9 @@ class AgentHandler(Protocol):
 
     def on_agent_message(self, agent: AgentProcess, msg: Message, batch: Batch) -> None:
         """A request or notification from the agent."""
+
+    def on_session_update(self, agent: AgentProcess, params: SessionUpdate, batch: Batch) -> None:
+        """A ``session/update`` notification (decoded by the fast path)."""
 
     def on_agent_exit(self, agent: AgentProcess, batch: Batch) -> None:
         """The agent process ended (pending requests were already failed)."""
@@ -135,6 +170,9 @@ class _UnboundHandler:
             agent.send_error(msg.id, METHOD_NOT_FOUND, f"{msg.method}: no session is bound")
         else:
             agent.log.debug("agent.notification_dropped", method=msg.method)
+
+    def on_session_update(self, agent: AgentProcess, params: SessionUpdate, batch: Batch) -> None:
+        agent.log.debug("agent.notification_dropped", method="session/update")
 
     def on_agent_exit(self, agent: AgentProcess, batch: Batch) -> None:
         pass
@@ -245,9 +283,16 @@ class AgentProcess:
         if not lines:
             return
         batch = Batch()
+        well_formed = False
         for line in lines:
             if isinstance(line, Oversize):
                 self.log.warning("agent.line_too_long", limit=self._max_line_bytes)
+                continue
+            update = decode_update_line(line)
+            if update is not None:  # the hot path: most lines of a turn
+                # (self.handler is read per line: a reply in this batch may bind the agent)
+                self.handler.on_session_update(self, update, batch)
+                well_formed = True
                 continue
             try:
                 msg = decode_message(line)
@@ -255,8 +300,7 @@ class AgentProcess:
                 self.log.warning("agent.malformed_line", error=exc.message, line=line[:200])
                 self.send_error(exc.data if _is_id(exc.data) else None, exc.code, exc.message)
                 continue
-            if self.first_message_at is None:
-                self.first_message_at = time.monotonic()
+            well_formed = True
             if isinstance(msg, Response | ErrorResponse):
                 entry = self._pending.pop(msg.id, None) if isinstance(msg.id, int) else None
                 if entry is None:
@@ -265,6 +309,8 @@ class AgentProcess:
                     entry[1](msg, batch)
             else:
                 self.handler.on_agent_message(self, msg, batch)
+        if self.first_message_at is None and well_formed:
+            self.first_message_at = time.monotonic()
         # Submitted now (commit order = decision order) and delivered once committed: an
         # update reaches a client only when it is in the store. The store usually commits a
         # batch at once (idle writer): then, with nothing older waiting, it is delivered here,

@@ -45,6 +45,8 @@ from .protocol import (
     Request,
     RequestId,
     Response,
+    SessionUpdate,
+    decode_update_params,
     encode_notification,
     get_str,
     object_members,
@@ -65,17 +67,8 @@ _blocks_decoder: Final = msgspec.json.Decoder(list[Raw])
 #: between pages (a 100 000-event load is ~50 pages).
 REPLAY_PAGE_EVENTS: Final = 2000
 _CANCELLED: Final = b'{"outcome":{"outcome":"cancelled"}}'
+_UPDATE_LINE_PREFIX: Final = b'{"jsonrpc":"2.0","method":"session/update","params":'
 
-
-class _UpdateParams(msgspec.Struct, forbid_unknown_fields=True):
-    """``session/update`` params as agents send them (anything else takes the slow path)."""
-
-    sessionId: str  # ACP wire name
-    update: Raw
-    meta: Raw = msgspec.field(name="_meta", default=Raw())
-
-
-_update_params_decoder: Final = msgspec.json.Decoder(_UpdateParams)
 
 #: Updates that describe session state, not conversation: repeated copies are not recorded.
 STATE_KINDS: Final = frozenset(
@@ -198,6 +191,16 @@ class Session:
 
     # -- AgentHandler ------------------------------------------------------------------------
 
+    def on_session_update(self, agent: AgentProcess, params: SessionUpdate, batch: Batch) -> None:
+        """Record and deliver one ``session/update`` (the hot path: every streamed chunk)."""
+        if self.draining:
+            self.drained += 1
+            return
+        # The outer object is rebuilt from a per-session prefix; ``update`` stays as it came.
+        update = bytes(params.update)
+        meta = b',"_meta":' + bytes(params.meta) if params.meta else b""
+        self._record_update(self._payload_prefix + update + meta + b"}", update, batch)
+
     def on_agent_message(self, agent: AgentProcess, msg: Message, batch: Batch) -> None:
         """Decide what one agent request or notification means."""
         if isinstance(msg, Request):
@@ -205,16 +208,18 @@ class Session:
             return
         assert isinstance(msg, Notification)
         if msg.method == "session/update":
-            if self.draining:
+            fast = decode_update_params(msg.params)
+            if fast is not None:
+                self.on_session_update(agent, fast, batch)
+            elif not self.draining:
+                self._record_unusual_update(msg.params, batch)
+            else:
                 self.drained += 1
-                return
-            self._record_update(msg.params, batch)
         elif msg.method == "$/cancel_request":
             batch.deliveries.append(lambda: self._forward_agent_cancel(agent, msg.params))
         else:
             payload = self._to_client_params(msg.params)
-            line = encode_notification(msg.method, payload)
-            batch.deliveries.append(lambda: self._deliver(0, line))
+            batch.add_line(self, 0, encode_notification(msg.method, payload))
 
     def on_agent_exit(self, agent: AgentProcess, batch: Batch) -> None:
         """The agent ended: its pending requests failed already; answer its requests to us."""
@@ -227,39 +232,29 @@ class Session:
 
     # -- agent → client ----------------------------------------------------------------------
 
-    def _client_payload(self, params: Raw) -> tuple[bytes, Raw | None] | None:
-        """``session/update`` params with the proxy's session id, and the raw ``update``."""
-        try:
-            # Fast path (the hot one: every streamed chunk): exactly sessionId, update and
-            # maybe _meta; the outer object is rebuilt from a per-session prefix.
-            fast = _update_params_decoder.decode(params)
-        except MALFORMED_JSON:
-            pass
-        else:
-            meta = b',"_meta":' + bytes(fast.meta) if fast.meta else b""
-            return self._payload_prefix + bytes(fast.update) + meta + b"}", fast.update
+    def _record_unusual_update(self, params: Raw, batch: Batch) -> None:
+        """A ``session/update`` with members beyond sessionId/update/_meta: rewrite the
+        sessionId member by member, keep the rest."""
         try:
             members = object_members(params)
         except Exception:
             self.log.warning("agent.bad_update_params")
-            return None
-        return rewrite_members(members, sessionId=self.id), members.get("update")
-
-    def _record_update(self, params: Raw, batch: Batch) -> None:
-        decoded = self._client_payload(params)
-        if decoded is None:
             return
-        payload, update = decoded
+        update = members.get("update")
+        payload = rewrite_members(members, sessionId=self.id)
+        self._record_update(payload, bytes(update) if update is not None else None, batch)
+
+    def _record_update(self, payload: bytes, update: bytes | None, batch: Batch) -> None:
         self.last_active = time.monotonic()
-        kind = update_kind(update) if update is not None else ""
+        kind = update_kind(update, validated=True) if update is not None else ""
+        line = _UPDATE_LINE_PREFIX + payload + b"}\n"
         if kind in STATE_KINDS and update is not None:
-            if self.quiet_state and self.last_state.get(kind) == bytes(update):
+            if self.quiet_state and self.last_state.get(kind) == update:
                 # Agents repeat their state after a load/resume (opencode: the commands, after
                 # every restore): an identical repeat then is not part of the conversation.
-                line = encode_notification("session/update", payload)
-                batch.deliveries.append(lambda: self._deliver(0, line))
+                batch.add_line(self, 0, line)
                 return
-            self.last_state[kind] = bytes(update)
+            self.last_state[kind] = update
         self.last_seq += 1
         seq = self.last_seq
         turn = self.turn
@@ -272,10 +267,9 @@ class Session:
         if kind in ("current_mode_update", "config_option_update", "session_info_update"):
             assert update is not None
             self._apply_state_update(kind, update, batch)
-        line = encode_notification("session/update", payload)
-        batch.deliveries.append(lambda: self._deliver(seq, line))
+        batch.add_line(self, seq, line)
 
-    def _apply_state_update(self, kind: str, update: Raw, batch: Batch) -> None:
+    def _apply_state_update(self, kind: str, update: bytes, batch: Batch) -> None:
         try:
             body = _any_decoder.decode(update)
         except MALFORMED_JSON:
@@ -306,13 +300,17 @@ class Session:
         self.record = msgspec.structs.replace(self.record, config_options=raw)
         ops.append(UpdateSession(self.id, time.time(), config_options=raw))
 
-    def _deliver(self, seq: int, line: bytes) -> None:
-        if seq:
-            self.delivered_seq = seq
+    def deliver_lines(self, items: list[tuple[int, bytes]]) -> None:
+        """Send committed ``(seq, line)`` items (seq 0: not recorded) to the client, in order:
+        one write for the run, or held while a replay or a session set-up is in progress."""
+        for seq, _line in reversed(items):
+            if seq:
+                self.delivered_seq = seq
+                break
         if self.held is not None:
-            self.held.append((seq, line))
+            self.held.extend(items)
         elif self.client is not None:
-            self.client.send_nowait(line)
+            self.client.send_nowait(items[0][1] if len(items) == 1 else _join_lines(items))
 
     def _to_client_params(self, params: Raw) -> bytes | Raw:
         try:
@@ -628,3 +626,7 @@ class Session:
             "total_ms": round((now - turn.received_at) * 1000, 3),
             "bytes_upstream": turn.bytes_upstream,
         }
+
+
+def _join_lines(items: list[tuple[int, bytes]]) -> bytes:
+    return b"".join([line for _seq, line in items])

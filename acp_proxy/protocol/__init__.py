@@ -37,6 +37,7 @@ from ._messages import (
     error_payload,
 )
 from ._params import MALFORMED_JSON, get_str, object_members, rewrite_members, update_kind
+from ._updates import SessionUpdate, decode_update_line, decode_update_params
 
 __all__ = [
     "AGENT_EXITED",
@@ -63,7 +64,10 @@ __all__ = [
     "Request",
     "RequestId",
     "Response",
+    "SessionUpdate",
     "decode_message",
+    "decode_update_line",
+    "decode_update_params",
     "encode_error",
     "encode_notification",
     "encode_request",

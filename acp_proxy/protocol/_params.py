@@ -78,8 +78,24 @@ def rewrite_members(members: dict[str, Raw], **changes: object) -> bytes:
     return _encoder.encode(out)
 
 
-def update_kind(update: Raw | bytes) -> str:
-    """The ``sessionUpdate`` discriminator of a SessionUpdate ("" when absent or malformed)."""
+_KIND_PREFIX: Final = b'{"sessionUpdate":"'
+
+
+def update_kind(update: Raw | bytes, *, validated: bool = False) -> str:
+    """The ``sessionUpdate`` discriminator of a SessionUpdate ("" when absent or malformed).
+
+    ``validated``: ``update`` is known to be well-formed JSON (bytes of a ``Raw`` msgspec
+    decoded). Then, when the discriminator is its first member spelled without escapes (what
+    agents write), it is read from the bytes without decoding the rest.
+    """
+    if validated and isinstance(update, bytes) and update.startswith(_KIND_PREFIX):
+        end = update.find(b'"', len(_KIND_PREFIX))
+        kind = update[len(_KIND_PREFIX) : end]
+        if end > 0 and b"\\" not in kind:
+            try:
+                return kind.decode()
+            except UnicodeDecodeError:
+                return ""
     try:
         return _kind_decoder.decode(update).sessionUpdate
     except MALFORMED_JSON:

@@ -20,6 +20,8 @@ from acp_proxy.protocol import (
     RequestId,
     Response,
     decode_message,
+    decode_update_line,
+    decode_update_params,
     encode_error,
     encode_notification,
     encode_request,
@@ -27,6 +29,7 @@ from acp_proxy.protocol import (
     get_str,
     object_members,
     rewrite_members,
+    update_kind,
 )
 
 # No example database: keep the tests free of file I/O.
@@ -257,3 +260,83 @@ def test_rewrite_session_id_changes_only_that_member(params: bytes, session_id: 
     for key, raw in members.items():
         if key != "sessionId":
             assert bytes(rewritten[key]) == bytes(raw)
+
+
+# --- the session/update fast path ---------------------------------------------------------------
+
+update_kinds = st.sampled_from(["agent_message_chunk", "plan", "tool_call"]) | st.text(max_size=8)
+
+
+@st.composite
+def update_objects(draw: st.DrawFn) -> bytes:
+    """An ACP update object's JSON, ``sessionUpdate`` first or not, any spelling of it."""
+    kind = draw(update_kinds)
+    rest = draw(st.dictionaries(json_keys, json_values, max_size=3))
+    rest.pop("sessionUpdate", None)
+    items = [("sessionUpdate", kind), *rest.items()]
+    if draw(st.booleans()):
+        items.reverse()
+    if draw(st.booleans()):
+        return json.dumps(dict(items), ensure_ascii=draw(st.booleans())).encode()
+    return json.dumps(dict(items), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@SETTINGS
+@given(update_objects())
+@example(b'{"sessionUpdate":"a\\"b"}')
+@example(b'{"sessionUpdate":"\\u00e9t\\u00e9"}')
+@example(b'{"sessionUpdate":""}')
+def test_update_kind_fast_path_agrees_with_decoding(update: bytes) -> None:
+    """Reading the kind from the bytes gives what decoding gives, for valid JSON."""
+    assert update_kind(update, validated=True) == update_kind(update)
+
+
+@st.composite
+def update_lines(draw: st.DrawFn) -> bytes:
+    """A ``session/update`` line, usually in the agents' shape, sometimes not."""
+    params: dict[str, object] = {
+        "sessionId": draw(short_text),
+        "update": json.loads(draw(update_objects())),
+    }
+    if draw(st.booleans()):
+        params["_meta"] = draw(json_values)
+    if draw(st.integers(0, 4)) == 0:
+        params[draw(json_keys)] = draw(json_values)  # maybe an extra member
+    envelope: dict[str, object] = {"jsonrpc": "2.0", "method": "session/update"}
+    if draw(st.integers(0, 4)) == 0:
+        envelope["id"] = draw(st.integers(0, 9))  # a request, not a notification
+    envelope["params"] = params
+    if draw(st.integers(0, 4)) == 0:
+        envelope = dict(reversed(envelope.items()))
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@SETTINGS
+@given(update_lines())
+def test_update_fast_path_means_what_decode_message_means(line: bytes) -> None:
+    """When the fast path takes a line, it reads exactly what the general decoder reads."""
+    fast = decode_update_line(line)
+    if fast is None:
+        return
+    msg = decode_message(line)
+    assert isinstance(msg, Notification) and msg.method == "session/update"
+    members = object_members(msg.params)
+    assert set(members) <= {"sessionId", "update", "_meta"}
+    assert get_str(members, "sessionId") == fast.sessionId
+    assert bytes(members["update"]) == bytes(fast.update)
+    assert bytes(members.get("_meta", b"")) == bytes(fast.meta)
+    assert decode_update_params(msg.params) == fast
+
+
+def test_update_fast_path_takes_the_usual_shape() -> None:
+    """The shape agents write goes through the fast path; other shapes do not."""
+    line = (
+        b'{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s",'
+        b'"update":{"sessionUpdate":"plan","entries":[]},"_meta":{"k":1}}}'
+    )
+    fast = decode_update_line(line)
+    assert fast is not None and fast.sessionId == "s" and bytes(fast.meta) == b'{"k":1}'
+    assert decode_update_line(line.replace(b'"_meta"', b'"other"')) is None
+    assert decode_update_line(line.replace(b'"method"', b'"id":1,"method"')) is None
+    assert decode_update_line(line.replace(b'"2.0"', b'"1.0"')) is None
+    assert decode_update_line(line[:-1]) is None  # malformed: decode_message reports it
