@@ -9,6 +9,7 @@ stored as ``unknown`` once the session is used again and never sent to an agent 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import secrets
@@ -321,3 +322,37 @@ async def test_turn_cut_by_kill_is_unknown_after_restart_and_never_resent(
     kept = (state_dir / f"{upstream}.json").read_text()
     assert "first" in kept and "after the restart" in kept
     assert "the turn cut by the kill" not in kept
+
+
+async def test_database_locked_by_another_process_delays_delivery_only(tmp: Path) -> None:
+    """While another process holds SQLite's write lock (``acp-proxy sessions delete`` may),
+    nothing uncommitted reaches the client; once the lock is released every update arrives,
+    in order, equal to what is stored, and the conversation goes on."""
+    import sqlite3
+
+    chunks = 40
+    async with proxy(tmp, "--thoughts", "0", "--tool-calls", "0") as p, client(p) as c:
+        sid = await c.new_session(str(tmp))
+        await c.prompt(sid, "warm")
+        other = sqlite3.connect(p.db, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            before = len(c.updates(sid))
+            ident = await c.start_prompt(sid, f'fake:{{"chunks": {chunks}, "chunk_delay": 0.005}}')
+            await trio.sleep(0.8)  # the agent has long sent everything by now
+            assert len(c.updates(sid)) == before, "an update was delivered before its commit"
+            other.execute("COMMIT")
+            reply = await c.wait_reply(ident)
+        finally:
+            other.close()
+        assert reply.result["stopReason"] == "end_turn"
+        live = [u["update"] for u in c.updates(sid)[before:]]
+        texts = [u["content"]["text"] for u in live if u["sessionUpdate"] == "agent_message_chunk"]
+        assert len(texts) == chunks + 1 and "[fake] turn 2" in texts[-1]
+        sql = (
+            "SELECT payload FROM events WHERE session_id = ? AND turn = 2"
+            " AND kind != 'user_message_chunk' ORDER BY seq"  # the prompt: not echoed live
+        )
+        stored = [row[0] for row in db_rows(p.db, sql, sid)]
+        assert [json.loads(s)["update"] for s in stored] == live
+        assert "holds 2 earlier turns" in summary((await c.prompt(sid, "after")).updates())
