@@ -29,7 +29,7 @@ import anyio
 import msgspec
 from msgspec import Raw
 
-from store import AppendEvent, FinishTurn, SessionRecord, StartTurn, UpdateSession
+from store import AppendEvent, AppendEvents, FinishTurn, SessionRecord, StartTurn, UpdateSession
 
 from .agent import AgentProcess, Batch
 from .logs import get_logger
@@ -258,7 +258,19 @@ class Session:
         self.last_seq += 1
         seq = self.last_seq
         turn = self.turn
-        batch.ops.append(AppendEvent(self.id, seq, turn.seq if turn else 0, kind, payload))
+        turn_seq = turn.seq if turn else 0
+        ops = batch.ops
+        run = ops[-1] if ops else None
+        if (  # the batch's consecutive events of one turn: one stored run
+            type(run) is AppendEvents
+            and run.session_id == self.id
+            and run.turn == turn_seq
+            and run.first_seq + len(run.payloads) == seq
+        ):
+            run.kinds.append(kind)
+            run.payloads.append(payload)
+        else:
+            ops.append(AppendEvents(self.id, seq, turn_seq, [kind], [payload]))
         self.updates_recorded += 1
         if turn is not None:
             turn.updates += 1

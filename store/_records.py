@@ -18,6 +18,7 @@ __all__ = [
     "TURN_OUTCOMES",
     "UNSET",
     "AppendEvent",
+    "AppendEvents",
     "DeleteSession",
     "FinishTurn",
     "PutSession",
@@ -151,6 +152,26 @@ class AppendEvent(msgspec.Struct, frozen=True):
     payload: bytes
 
 
+class AppendEvents(msgspec.Struct):
+    """Record consecutive events of one session and turn: seqs ``first_seq``, ``first_seq + 1``,
+    ... (what one batch of agent output appends; stored as one run).
+
+    Attributes:
+        session_id: Session the events belong to (must exist).
+        first_seq: Event number of the first one; none of the numbers may be stored already.
+        turn: Turn number of the events, 0 outside a turn.
+        kinds: Each event's ``sessionUpdate`` discriminator (``""`` when unknown).
+        payloads: Each event's raw JSON of the ``session/update`` params exactly as forwarded;
+            as many as ``kinds``, at least one.
+    """
+
+    session_id: str
+    first_seq: int
+    turn: int
+    kinds: list[str]
+    payloads: list[bytes]
+
+
 class StartTurn(msgspec.Struct, frozen=True):
     """Insert a new turn with outcome ``"running"``; fails if the turn exists."""
 
@@ -179,7 +200,9 @@ class DeleteSession(msgspec.Struct, frozen=True):
     session_id: str
 
 
-WriteOp = PutSession | UpdateSession | AppendEvent | StartTurn | FinishTurn | DeleteSession
+WriteOp = (
+    PutSession | UpdateSession | AppendEvent | AppendEvents | StartTurn | FinishTurn | DeleteSession
+)
 """Any operation accepted by `SessionStore.commit`."""
 
 

@@ -56,7 +56,55 @@ CREATE TABLE events (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: list[str] = [_V1_INITIAL]
+_V2_EVENT_RUNS = """
+-- Events are stored in runs: the consecutive events of one session and turn that one batch
+-- appended, in one row. One row per streamed chunk cost ~3 us of SQLite per chunk, the
+-- proxy's largest cost when streaming (BENCHMARKS.md section 6); one row per run costs it
+-- once per agent read. The `events` view below still shows one row per event.
+CREATE TABLE event_runs (
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    last_seq   INTEGER NOT NULL,  -- seq of the run's last event
+    first_seq  INTEGER NOT NULL,  -- seq of its first; the run holds every seq in between
+    turn       INTEGER NOT NULL,
+    entries    TEXT NOT NULL,     -- JSON array, per event [kind, start, size]: its payload is
+    payloads   BLOB NOT NULL,     -- substr(payloads, start + 1, size) of these, concatenated
+    PRIMARY KEY (session_id, last_seq)
+);
+-- Runs never overlap: a seq is stored once (what events' primary key used to ensure).
+CREATE TRIGGER event_runs_no_overlap BEFORE INSERT ON event_runs
+WHEN NEW.first_seq < 1 OR NEW.last_seq < NEW.first_seq OR EXISTS (
+    SELECT 1 FROM event_runs
+    WHERE session_id = NEW.session_id AND last_seq >= NEW.first_seq
+      AND first_seq <= NEW.last_seq
+)
+BEGIN
+    SELECT RAISE(ABORT, 'event seq already stored (UNIQUE event_runs seq range)');
+END;
+-- The newest event of each kind of a session (a restore reads the state kinds from here).
+CREATE TABLE latest_events (
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    kind       TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    payload    BLOB NOT NULL,
+    PRIMARY KEY (session_id, kind)
+) WITHOUT ROWID;
+INSERT INTO event_runs (session_id, last_seq, first_seq, turn, entries, payloads)
+    SELECT session_id, seq, seq, turn,
+           json_array(json_array(kind, 0, length(CAST(payload AS BLOB)))),
+           CAST(payload AS BLOB)
+    FROM events ORDER BY session_id, seq;
+INSERT INTO latest_events (session_id, kind, seq, payload)
+    SELECT session_id, kind, max(seq), CAST(payload AS BLOB)  -- payload of the max(seq) row
+    FROM events GROUP BY session_id, kind;
+DROP TABLE events;
+-- One row per event, for people and tools reading the database with plain SQL.
+CREATE VIEW events (session_id, seq, turn, kind, payload) AS
+SELECT r.session_id, r.first_seq + e.key, r.turn, json_extract(e.value, '$[0]'),
+       substr(r.payloads, json_extract(e.value, '$[1]') + 1, json_extract(e.value, '$[2]'))
+FROM event_runs AS r, json_each(r.entries) AS e;
+"""
+
+MIGRATIONS: list[str] = [_V1_INITIAL, _V2_EVENT_RUNS]
 """``MIGRATIONS[i]`` upgrades schema version ``i`` to ``i + 1``."""
 
 SCHEMA_VERSION: int = len(MIGRATIONS)

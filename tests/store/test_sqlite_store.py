@@ -19,6 +19,7 @@ from store import (
     SCHEMA_VERSION,
     UNSET,
     AppendEvent,
+    AppendEvents,
     DeleteSession,
     FinishTurn,
     PutSession,
@@ -121,6 +122,13 @@ async def test_migrates_from_first_released_schema(tmp_path: Path) -> None:
             " VALUES ('old', 1, 0, 'plan', X'7B7D')"
         )
         conn.commit()
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # what version 1 also held
+        conn.execute(
+            "INSERT INTO events VALUES ('old', 2, 1, 'agent_message_chunk', ?), "
+            "('old', 3, 1, 'plan', ?)",
+            (b'{"a":1}', b'{"p":2}'),
+        )
+        conn.commit()
     async with open_store(path) as db:
         record = await db.get_session("old")
         assert record is not None
@@ -130,7 +138,13 @@ async def test_migrates_from_first_released_schema(tmp_path: Path) -> None:
             2.0,
             "closed",
         )
-        assert await db.event_payloads("old") == [b"{}"]
+        assert await db.event_payloads("old") == [b"{}", b'{"a":1}', b'{"p":2}']
+        assert await db.last_event_seq("old") == 3
+        assert await db.last_events_of_kinds("old", ["plan"]) == {"plan": b'{"p":2}'}
+        with pytest.raises(StoreError, match="already stored"):
+            await db.commit([AppendEvent("old", 2, 1, "plan", b"{}")])
+        await db.commit([AppendEvent("old", 4, 2, "plan", b"[]")])
+        assert await db.event_payloads("old") == [b"{}", b'{"a":1}', b'{"p":2}', b"[]"]
     assert sql_scalar(path, "PRAGMA user_version") == SCHEMA_VERSION
 
 
@@ -230,6 +244,53 @@ async def test_events_round_trip(tmp_path: Path) -> None:
             " ORDER BY seq LIMIT 2"
         ).fetchall()
     assert rows == [(1, 0, "", "blob"), (2, 1, "agent_message_chunk", "blob")]
+
+
+async def test_event_runs_read_back_as_events(tmp_path: Path) -> None:
+    """Runs (AppendEvents), single events and both mixed read back event by event: through
+    the API, through the ``events`` view byte for byte, and page by page across runs."""
+    path = tmp_path / "store.db"
+    payloads = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 7)) for i in range(1, 41)]
+    kinds = ["plan" if i % 5 == 0 else "agent_message_chunk" for i in range(1, 41)]
+    async with open_store(path) as db:
+        await db.commit([PutSession(session("s1")), PutSession(session("s2"))])
+        await db.commit(
+            [
+                AppendEvents("s1", 1, 1, kinds[:10], payloads[:10]),
+                AppendEvent("s1", 11, 1, kinds[10], payloads[10]),  # joins nothing: its own op
+                AppendEvents("s2", 1, 1, ["plan"], [b"{}"]),
+                AppendEvent("s1", 12, 2, kinds[11], payloads[11]),
+                AppendEvent("s1", 13, 2, kinds[12], payloads[12]),  # one run with seq 12
+            ]
+        )
+        await db.commit([AppendEvents("s1", 14, 2, kinds[13:40], payloads[13:40])])
+        assert await db.event_payloads("s1") == payloads
+        assert await db.event_payloads("s1", upto_seq=12) == payloads[:12]
+        assert await db.last_event_seq("s1") == 40
+        for limit in (1, 3, 7, 40):
+            for start, upto in ((0, 40), (5, 33), (12, 13), (39, 40), (40, 40)):
+                seen: list[tuple[int, bytes]] = []
+                after = start
+                while page := await db.event_page(
+                    "s1", after_seq=after, upto_seq=upto, limit=limit
+                ):
+                    assert len(page) <= limit
+                    seen += page
+                    after = page[-1][0]
+                assert seen == [(seq, payloads[seq - 1]) for seq in range(start + 1, upto + 1)]
+        latest = await db.last_events_of_kinds("s1", ["plan", "agent_message_chunk", "nope"])
+        assert latest == {"plan": payloads[39], "agent_message_chunk": payloads[38]}
+        with pytest.raises(StoreError, match="already stored"):
+            await db.commit([AppendEvents("s1", 30, 3, ["k", "k"], [b"1", b"2"])])
+        with pytest.raises(StoreError, match=r"1 kind.*2 payload"):
+            await db.commit([AppendEvents("s1", 41, 3, ["k"], [b"1", b"2"])])
+        assert await db.last_event_seq("s1") == 40
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute(
+            "SELECT seq, turn, kind, payload FROM events WHERE session_id = 's1' ORDER BY seq"
+        ).fetchall()
+    turns = [1] * 11 + [2] * 29
+    assert rows == list(zip(range(1, 41), turns, kinds, payloads, strict=True))
 
 
 async def test_event_for_unknown_session_fails(tmp_path: Path) -> None:
@@ -622,3 +683,18 @@ async def test_last_events_of_kinds_gives_the_latest_payload_per_kind(tmp_path: 
             "available_commands_update": b'{"v":3}',
             "current_mode_update": b'{"v":4}',
         }
+
+
+async def test_event_pages_step_over_gaps_in_the_seqs(tmp_path: Path) -> None:
+    """A failed batch leaves a gap in a session's seqs; pages still reach every event."""
+    async with open_store(tmp_path / "store.db") as db:
+        await db.commit([PutSession(session("s1"))])
+        await db.commit([AppendEvents("s1", 1, 1, ["k"] * 3, [b"1", b"2", b"3"])])
+        await db.commit([AppendEvents("s1", 50, 1, ["k"] * 2, [b"50", b"51"])])
+        await db.commit([AppendEvent("s1", 60, 1, "k", b"60")])
+        seen: list[int] = []
+        after = 0
+        while page := await db.event_page("s1", after_seq=after, upto_seq=100, limit=4):
+            seen += [seq for seq, _ in page]
+            after = page[-1][0]
+        assert seen == [1, 2, 3, 50, 51, 60]
