@@ -30,13 +30,14 @@ connection and see everything committed so far.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import os
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from itertools import accumulate
 from pathlib import Path
@@ -231,6 +232,13 @@ class SqliteStore:
         self._space = anyio.Event()  # set: the writer took the queue
         self._closing = False
         self._writing = False  # a group is being committed on the worker thread
+        self._committed_this_tick = False  # an inline commit ran in this event loop turn
+        try:  # the store runs on asyncio (aiosqlite); elsewhere every idle commit is inline
+            self._call_soon: Callable[[Callable[[], None]], object] | None = (
+                asyncio.get_running_loop().call_soon
+            )
+        except RuntimeError:
+            self._call_soon = None
         self._writer_scope = anyio.CancelScope(shield=True)
         self._writer_done = anyio.Event()
         self._checkpoint_wanted = anyio.Event()
@@ -280,7 +288,12 @@ class SqliteStore:
         batch = _Batch(tuple(ops))
         if self._closing:
             raise StoreError(f"store {self.path} is closed; nothing committed")
-        idle = not self._queue and not self._writing and self._wal_bytes < WAL_LIMIT_BYTES
+        idle = (
+            not self._queue
+            and not self._writing
+            and not self._committed_this_tick
+            and self._wal_bytes < WAL_LIMIT_BYTES
+        )
         if idle and _may_run_inline(batch.ops) and self._commit_now([batch]):
             return batch
         if len(self._queue) >= QUEUE_SIZE:
@@ -317,7 +330,20 @@ class SqliteStore:
             return False
         self._inline_transactions += outcome.committed
         self._finish(group, outcome)
+        self._mark_tick()
         return True
+
+    def _mark_tick(self) -> None:
+        """Under load, many batches are submitted in one turn of the event loop (100 prompts
+        arriving together): after one inline commit, the rest of this turn's batches queue
+        and the writer commits them as one transaction at the start of the next turn."""
+        if self._committed_this_tick or self._call_soon is None:
+            return
+        self._committed_this_tick = True
+        self._call_soon(self._end_tick)
+
+    def _end_tick(self) -> None:
+        self._committed_this_tick = False
 
     def _finish(self, group: list[_Batch], outcome: _Outcome) -> None:
         self._transactions += outcome.committed

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -416,6 +417,7 @@ async def test_idle_writer_commits_on_the_calling_thread(tmp_path: Path) -> None
     path = tmp_path / "store.db"
     async with open_store(path) as db:
         await db.commit([PutSession(session("s1"))])
+        await anyio.lowlevel.checkpoint()  # a new turn of the event loop
         before = db.statistics()
         pending = db.submit([event("s1", 1), event("s1", 2)])
         assert pending.finished and pending.error is None
@@ -428,6 +430,24 @@ async def test_idle_writer_commits_on_the_calling_thread(tmp_path: Path) -> None
         await db.commit([DeleteSession("s1")])
         assert db.statistics().inline_transactions == stats.inline_transactions
         assert await db.get_session("s1") is None
+
+
+async def test_batches_of_one_loop_turn_after_an_inline_commit_are_grouped(
+    tmp_path: Path,
+) -> None:
+    """Under load (many batches in one turn of the event loop) one transaction takes them."""
+    async with open_store(tmp_path / "store.db") as db:
+        await db.commit([PutSession(session(f"s{i}")) for i in range(50)])
+        await anyio.lowlevel.checkpoint()
+        before = db.statistics()
+        pending = [db.submit([event(f"s{i}", 1)]) for i in range(50)]
+        assert pending[0].finished and not any(p.finished for p in pending[1:])
+        for p in pending:
+            await db.wait_committed(p)
+        stats = db.statistics()
+        assert stats.transactions - before.transactions == 2
+        assert stats.batches_committed - before.batches_committed == 50
+        assert [await db.last_event_seq(f"s{i}") for i in range(50)] == [1] * 50
 
 
 async def test_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
