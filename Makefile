@@ -31,6 +31,7 @@ BENCHES := continued_turn restore replay startup overhead throughput bytes_per_t
 
 bench: $(STAMP)
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b --write BENCHMARKS.md || status=1; done; \
+	$(BIN)/python -m bench.concurrency --think-ms 500 --write BENCHMARKS.md || status=1; \
 	exit $${status:-0}
 
 # The real opencode agent (npm opencode-ai, pinned) for tests/opencode and bench section 9.

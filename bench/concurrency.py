@@ -1,7 +1,7 @@
 """Benchmark 10: 100 concurrent conversations through one proxy.
 
 Run ``python -m bench.concurrency [--conversations 100] [--turns 5] [--runs N]
-[--first-token-delay 0.05] [--chunks 5] [--py-spy PATH] [--write BENCHMARKS.md]``.
+[--first-token-delay 0.05] [--chunks 5] [--think-ms T] [--py-spy PATH] [--write BENCHMARKS.md]``.
 
 Fake agent: the bundled one with ``--first-token-delay 0.05 --thoughts 0 --tool-calls 0
 --chunks 5`` (one turn = 5 message chunks + the summary chunk, the first after 50 ms).
@@ -33,6 +33,12 @@ Measured on the warm turns (2..N) only:
 * the proxy's CPU time (``/proc/<pid>/stat``) during the warm turns, per turn.
 
 Goal: B's p99 overhead <= 20 ms, and every turn of B succeeds without crossing conversations.
+
+``--think-ms T`` makes the warm turns independent arrivals instead of a herd: before each one,
+a conversation waits a time drawn uniformly from [0, T) ms (seeded per run and conversation,
+so A and B wait the same); written as section 11. Without it (section 10) every conversation
+sends its next prompt the moment its previous turn ends, so 100 prompts (and 100 first
+tokens) keep arriving together: the worst case for a single event loop.
 ``--py-spy PATH`` also records B's proxy process with py-spy (``record --format raw``) during
 the warm turns of the first run and adds where its busy samples are.
 """
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import secrets
 import signal
@@ -77,6 +84,7 @@ from bench._common import (
 )
 
 SECTION_TITLE = "## 10. 100 concurrent conversations"
+STAGGERED_TITLE = "## 11. 100 concurrent conversations, staggered turns"
 GOAL_P99_MS = 20.0
 CWD = "/tmp"
 CONFIG = "max_live_agents = 200\n"
@@ -143,8 +151,10 @@ async def conversation(
     nonce: str,
     barrier: Barrier,
     result: RunResult,
+    think_s: float,
 ) -> None:
     arrived = False
+    rng = random.Random(f"{nonce}-{index}")  # the same think times for A and B of a run
     try:
         async with open_client() as client:
             with anyio.fail_after(SETUP_LIMIT_S):
@@ -154,6 +164,8 @@ async def conversation(
             arrived = True
             await barrier.wait()
             for t in range(2, turns + 1):
+                if think_s:  # a user reading the answer: independent arrivals, not a herd
+                    await anyio.sleep(rng.uniform(0, think_s))
                 with anyio.fail_after(TURN_LIMIT_S):
                     await _turn(client, session_id, index, t, nonce, result)
             foreign = {
@@ -267,9 +279,10 @@ async def _drive(
     conversations: int,
     turns: int,
     at_barrier: Callable[[], None],
+    think_s: float,
+    nonce: str,
 ) -> None:
     """All conversations at once; ``at_barrier`` runs when every one has finished turn 1."""
-    nonce = secrets.token_hex(4)
     barrier = Barrier(conversations)
     started = time.perf_counter()
     warm_start = 0.0
@@ -286,12 +299,14 @@ async def _drive(
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
             for i in range(conversations):
-                tg.start_soon(conversation, open_client, i, turns, nonce, barrier, result)
+                tg.start_soon(conversation, open_client, i, turns, nonce, barrier, result, think_s)
     result.warm_s = time.perf_counter() - warm_start if warm_start else 0.0
     result.load = (result.load[0], load_average())
 
 
-async def run_direct(agent: list[str], conversations: int, turns: int) -> RunResult:
+async def run_direct(
+    agent: list[str], conversations: int, turns: int, think_s: float, nonce: str
+) -> RunResult:
     """A: each conversation spawns its own agent on stdio (AcpClient.spawn reaps it)."""
     result = RunResult("A")
     me = os.getpid()
@@ -299,13 +314,21 @@ async def run_direct(agent: list[str], conversations: int, turns: int) -> RunRes
     def at_barrier() -> None:
         result.agents = len(children(me))
 
-    await _drive(result, lambda: AcpClient.spawn(agent), conversations, turns, at_barrier)
+    await _drive(
+        result, lambda: AcpClient.spawn(agent), conversations, turns, at_barrier, think_s, nonce
+    )
     result.agents_left = len([p for p in children(me) if alive(p)])
     return result
 
 
 async def run_through_proxy(
-    directory: Path, agent: list[str], conversations: int, turns: int, py_spy: Path | None
+    directory: Path,
+    agent: list[str],
+    conversations: int,
+    turns: int,
+    py_spy: Path | None,
+    think_s: float,
+    nonce: str,
 ) -> RunResult:
     """B: one proxy, one socket connection per conversation."""
     directory.mkdir(parents=True)  # noqa: ASYNC240 (set-up, not timed)
@@ -331,6 +354,8 @@ async def run_through_proxy(
                 conversations,
                 turns,
                 at_barrier,
+                think_s,
+                nonce,
             )
             if agent_pids:
                 result.proxy_cpu_s = stat_cpu_seconds(proxy.pid) - cpu0
@@ -405,7 +430,12 @@ def render(
         "A: each conversation spawns its own agent on stdio (no proxy). B: one proxy "
         f"(config `{CONFIG.strip()}`), one socket connection per conversation. Every "
         "conversation waits at a barrier after turn 1 (agent start-up); turns 2..N then run "
-        "back to back, all conversations at once.",
+        + (
+            "back to back, all conversations at once."
+            if not args.think_ms
+            else f"each after a think time drawn uniformly from [0, {args.think_ms:g}) ms "
+            "(the same draws for A and B of a run): concurrent, independent arrivals."
+        ),
         "",
         row(["check (per run)", "A: no proxy", "B: proxy"]),
         row(["---", "---", "---"]),
@@ -535,11 +565,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=2, help="runs per scenario, pooled (2)")
     parser.add_argument("--first-token-delay", type=float, default=0.05)
     parser.add_argument("--chunks", type=int, default=5)
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="before each warm turn, wait uniform [0, think-ms) ms (0: all at once, a herd)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip scenario A")
     parser.add_argument("--py-spy", metavar="PATH", help="profile B's proxy into PATH (raw)")
     args = parse(parser, argv)
-    if args.conversations < 1 or args.turns < 2 or args.runs < 1:
-        parser.error("--conversations >= 1, --turns >= 2, --runs >= 1")
+    if args.conversations < 1 or args.turns < 2 or args.runs < 1 or args.think_ms < 0:
+        parser.error("--conversations >= 1, --turns >= 2, --runs >= 1, --think-ms >= 0")
     return args
 
 
@@ -560,15 +596,23 @@ async def main() -> int:
     delay_ms = args.first_token_delay * 1000
     runs: list[RunResult] = []
     with tempfile.TemporaryDirectory(prefix="acp-bench-concurrency-") as tmp:
+        think_s = args.think_ms / 1000
         for n in range(args.runs):
             order = ("B",) if args.no_baseline else ("A", "B")
+            nonce = secrets.token_hex(4)
             for scenario in order:
                 if scenario == "A":
-                    result = await run_direct(agent, args.conversations, args.turns)
+                    result = await run_direct(agent, args.conversations, args.turns, think_s, nonce)
                 else:
                     spy = Path(args.py_spy) if args.py_spy and n == 0 else None
                     result = await run_through_proxy(
-                        Path(tmp) / f"run-{n}", agent, args.conversations, args.turns, spy
+                        Path(tmp) / f"run-{n}",
+                        agent,
+                        args.conversations,
+                        args.turns,
+                        spy,
+                        think_s,
+                        nonce,
                     )
                 runs.append(result)
                 warm = [s.ttft_ms - delay_ms for s in result.warm()]
@@ -586,7 +630,8 @@ async def main() -> int:
                 for failure in result.failures[:5]:
                     print("  " + failure, flush=True)
     body, passed = render(args, runs, agent_args)
-    return report(SECTION_TITLE, stamp.header(), body, passed, args.write)
+    title = SECTION_TITLE if not args.think_ms else STAGGERED_TITLE
+    return report(title, stamp.header(), body, passed, args.write)
 
 
 if __name__ == "__main__":
