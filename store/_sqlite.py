@@ -389,7 +389,7 @@ class SqliteStore:
         """Commit ``group`` in one transaction: on this thread if it cannot block, else on a
         worker thread (the loop goes on; later batches queue behind this group)."""
         checkpoint = self._wal_bytes >= WAL_LIMIT_BYTES
-        inline = not checkpoint and all(_may_run_inline(batch.ops) for batch in group)
+        inline = not checkpoint and _may_run_inline([op for batch in group for op in batch.ops])
         if inline and self._commit_now(group):
             return
         self._writing = True

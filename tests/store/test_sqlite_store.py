@@ -450,6 +450,25 @@ async def test_batches_of_one_loop_turn_after_an_inline_commit_are_grouped(
         assert [await db.last_event_seq(f"s{i}") for i in range(50)] == [1] * 50
 
 
+async def test_a_group_too_big_for_the_loop_goes_to_the_worker_thread(tmp_path: Path) -> None:
+    """Batches small enough one by one, but more than INLINE_MAX_OPS events together."""
+    async with open_store(tmp_path / "store.db") as db:
+        await db.commit([PutSession(session("s1"))])
+        await anyio.lowlevel.checkpoint()
+        size = store.INLINE_MAX_OPS // 2 + 1
+        first = db.submit([event("s1", 1)])  # inline: the rest of this loop turn queues
+        pending = [
+            db.submit([AppendEvents("s1", 2 + i * size, 1, ["k"] * size, [b"{}"] * size)])
+            for i in range(3)
+        ]
+        assert first.finished and not any(p.finished for p in pending)
+        inline_before = db.statistics().inline_transactions
+        for p in pending:
+            await db.wait_committed(p)
+        assert db.statistics().inline_transactions == inline_before
+        assert await db.last_event_seq("s1") == 1 + 3 * size
+
+
 async def test_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
     """Commits on the loop never checkpoint; the checkpointer keeps the WAL bounded."""
     path = tmp_path / "store.db"
