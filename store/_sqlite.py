@@ -3,14 +3,15 @@
 Writes: a batch of ops (`SqliteStore.submit` / `SqliteStore.commit`) is committed atomically,
 in call order. When the writer is idle the batch is committed at once, on the calling (event
 loop) thread, by a plain ``sqlite3`` connection: in WAL mode with ``synchronous=NORMAL`` a small
-transaction is a few local ``write()`` calls and no fsync (~20 µs), where a hop to a worker
-thread and back costs ~0.5 ms of a streamed token's latency (measured, BENCHMARKS.md §5). A
-batch that could block (more than `INLINE_MAX_OPS` ops, a `DeleteSession`, or a database
-another process holds locked) goes to the writer task instead, which commits it on a worker
-thread; batches submitted meanwhile queue behind it and are committed together, one
-``BEGIN IMMEDIATE`` transaction per group (each batch in its own savepoint, so a failing batch
-is rolled back alone). A committed transaction survives the process being killed (not
-necessarily a power loss).
+transaction is a few local ``write()`` calls and no fsync (~30 µs), where a hop to a worker
+thread and back costs ~0.5 ms of a streamed token's latency (measured, BENCHMARKS.md §5).
+Batches submitted later in the same turn of the event loop (under load: many conversations'
+batches) queue, and the writer task commits them together, one transaction, at the start of
+the next turn. A batch that could block (more than `INLINE_MAX_OPS` events, a `DeleteSession`,
+or a database another process holds locked) is committed by the writer task on a worker
+thread, and what is submitted meanwhile queues behind it. A group is one ``BEGIN IMMEDIATE``
+transaction, each batch in its own savepoint (a failing batch is rolled back alone). A
+committed transaction survives the process being killed (not necessarily a power loss).
 
 Events are stored in runs (schema version 2, ``_schema.py``): the consecutive events of one
 session and turn that a batch appends (`AppendEvents`, or consecutive `AppendEvent` ops) are one
@@ -24,8 +25,7 @@ write connection and a checkpointer task runs ``wal_checkpoint(PASSIVE)`` on its
 catch up with a writer that never pauses, so once `WAL_LIMIT_BYTES` are written without a
 complete checkpoint, the next group is committed on the worker thread followed by a checkpoint
 on the write connection itself (what SQLite's automatic checkpoint would do, off the loop).
-Reads use another aiosqlite
-connection and see everything committed so far.
+Reads use another aiosqlite connection and see everything committed so far.
 """
 
 from __future__ import annotations
