@@ -27,6 +27,7 @@ from store import PendingCommit, SessionStore, StoreError
 
 from .logs import get_logger
 from .outbox import Outbox
+from .pipe import PipeWriter
 from .protocol import (
     AGENT_EXITED,
     EMPTY,
@@ -214,6 +215,7 @@ class AgentProcess:
         self._scope = anyio.CancelScope()
         self._stopping = False
         self.outbox = Outbox(limit_bytes=1 << 62)
+        self._stdin: PipeWriter | None = None
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.process: Process | None = None
         self.pid: int | None = None
@@ -235,15 +237,24 @@ class AgentProcess:
             OSError: the command could not be started (not found, not executable, bad cwd).
         """
         self.spawned_at = time.monotonic()
-        process = await anyio.open_process(
-            self.command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=self.cwd,
-            env=self.env,
-            start_new_session=True,  # own process group: the whole tree can be signalled
-        )
+        stdin_read, stdin_write = os.pipe()  # the write end is ours: see pipe.py
+        try:
+            process = await anyio.open_process(
+                self.command,
+                stdin=stdin_read,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=self.cwd,
+                env=self.env,
+                start_new_session=True,  # own process group: the whole tree can be signalled
+            )
+        except BaseException:
+            os.close(stdin_write)
+            raise
+        finally:
+            os.close(stdin_read)
+        self._stdin = PipeWriter(stdin_write)
+        self.outbox.direct = self._stdin.write_nowait
         self.process, self.pid = process, process.pid
         self.log = self.log.bind(agent_pid=process.pid)
         self.log.info("agent.spawned", command=self.command, cwd=self.cwd)
@@ -347,9 +358,9 @@ class AgentProcess:
             deliver()
 
     async def _write_stdin(self) -> None:
-        assert self.process is not None and self.process.stdin is not None
+        assert self._stdin is not None
         try:
-            await self.outbox.run(self.process.stdin)
+            await self.outbox.run(self._stdin)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             self.log.info("agent.stdin_closed")
 
@@ -369,10 +380,9 @@ class AgentProcess:
         if process is None:
             return
         self.outbox.close()
-        if process.returncode is None and process.stdin is not None:
-            # Closing stdin is ACP's shutdown signal (transports.mdx).
-            with anyio.move_on_after(1):
-                await process.stdin.aclose()
+        if self._stdin is not None:
+            await self._stdin.aclose()  # closing stdin is ACP's shutdown signal (transports.mdx)
+        if process.returncode is None:
             with anyio.move_on_after(self._kill_grace_s):
                 await process.wait()
         for sig in (signal.SIGTERM, signal.SIGKILL):
