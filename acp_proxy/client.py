@@ -9,6 +9,7 @@ that stops reading is disconnected, its turns go on and are recorded.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -24,6 +25,7 @@ from .protocol import (
     INVALID_REQUEST,
     ErrorResponse,
     LineBuffer,
+    Message,
     Oversize,
     ProtocolError,
     RequestId,
@@ -69,6 +71,8 @@ class ClientConnection:
         self.messages_in = 0
         #: environment the client's bridge forwarded (``acp-proxy attach --forward-env``)
         self.env: dict[str, str] = {}
+        #: per session id: messages waiting behind a restore, in order (``Proxy.handle``)
+        self.gates: dict[str, deque[Message]] = {}
 
     @property
     def closed(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -172,7 +173,59 @@ class Proxy:
         return ClientConnection(self, stream, self._clients)
 
     async def handle(self, client: ClientConnection, msg: Message) -> None:
-        """Handle one request or notification from a client."""
+        """Handle one request or notification from a client.
+
+        Messages are handled in arrival order, inline, so a ``session/cancel`` never overtakes
+        the prompt before it. A request for a session whose agent is gone would hold the
+        connection's reader through the restore (seconds with opencode) and stall every
+        other session on the connection: it goes to that session's *gate* on this
+        connection instead, where it and every later message for the session run in order
+        in a task of their own, while other sessions' messages go on inline.
+        """
+        sid = self._gate_key(client, msg)
+        if sid is not None and client.tg is not None:
+            gate = client.gates.get(sid)
+            if gate is not None or (isinstance(msg, Request) and self._needs_restore(sid)):
+                if gate is None:
+                    gate = client.gates[sid] = deque()
+                    client.tg.start_soon(self._drain_gate, client, sid, gate)
+                gate.append(msg)
+                return
+        await self._dispatch(client, msg)
+
+    def _gate_key(self, client: ClientConnection, msg: Message) -> str | None:
+        """The session a message must stay in order with, if any."""
+        if msg.method == "$/cancel_request" and client.gates:
+            # Cancelling a request still waiting in a gate: it waits there too.
+            try:
+                target = msgspec.json.decode(msg.params, type=_CancelParams).requestId
+            except MALFORMED_JSON:
+                return None
+            return next(
+                (
+                    sid
+                    for sid, gate in client.gates.items()
+                    if any(isinstance(m, Request) and m.id == target for m in gate)
+                ),
+                None,
+            )
+        if msg.method in _UNGATED:
+            return None
+        return self._session_id(msg.params)
+
+    def _needs_restore(self, sid: str) -> bool:
+        session = self.sessions.get(sid)
+        return session is None or not session.live
+
+    async def _drain_gate(self, client: ClientConnection, sid: str, gate: deque[Message]) -> None:
+        try:
+            while gate:
+                await self._dispatch(client, gate[0])  # still queued: the gate stays busy
+                gate.popleft()
+        finally:
+            client.gates.pop(sid, None)
+
+    async def _dispatch(self, client: ClientConnection, msg: Message) -> None:
         if isinstance(msg, Notification):
             try:
                 self._handle_notification(client, msg)
@@ -648,6 +701,12 @@ class Proxy:
             if session.agent is not None:
                 session.agent.stop()
         self.pool.stop()
+
+
+#: Messages that never wait in a session's gate (no session, or handled beside the reader).
+_UNGATED: Final = frozenset(
+    {"initialize", "authenticate", "session/new", "session/list", ENV_METHOD}
+)
 
 
 def _is_lost_session(req: Request, exc: ProtocolError) -> bool:

@@ -215,3 +215,39 @@ async def test_mcp_servers_and_directories_given_on_load_reach_the_restored_agen
         state = (await c.request("_fake/state", {"sessionId": sid})).unwrap()
         [bound] = [s["boundWith"] for s in state["sessions"].values()]
         assert bound == {"mcpServers": [server]}
+
+
+async def test_a_restore_does_not_stall_other_sessions_on_the_connection(tmp: Path) -> None:
+    """One connection, two sessions: while A's prompt waits for A's agent to be restored (a
+    second of session set-up here), B's turns go on; A's later messages wait for A's prompt,
+    so a cancel sent right after it still cancels that prompt."""
+    state = str(tmp / "state")
+    async with (
+        proxy(tmp, "--state-dir", state, "--session-init-delay", "1.0") as p,
+        client(p) as c,
+    ):
+        a = await _two_turns(c, tmp)
+        b = await _two_turns(c, tmp)
+        await _close_agent(c, a)
+        ident = await c.start_prompt(a, "a, after the restore")
+        with trio.fail_after(0.9):  # well inside A's one-second restore
+            reply_b = await c.prompt(b, "b goes on")
+        assert "holds 2 earlier turns" in summary(reply_b.updates())
+        assert not any(m.get("id") == ident for m in c.messages), "A answered before B?"
+        reply_a = await c.wait_reply(ident)
+        assert reply_a.result["_meta"]["acp-proxy"]["agent"] == "restored:resume"
+        assert "holds 2 earlier turns" in summary(reply_a.updates())
+
+        await _close_agent(c, a)
+        ident = await c.start_prompt(a, 'fake:{"hang": true}')
+        await c.notify("session/cancel", {"sessionId": a})  # queued behind the restore
+        with trio.fail_after(10):
+            reply_a = await c.wait_reply(ident)
+        assert reply_a.result["stopReason"] == "cancelled"
+
+        await _close_agent(c, a)
+        ident = await c.start_prompt(a, 'fake:{"hang": true}')
+        await c.notify("$/cancel_request", {"requestId": ident})  # also waits for its prompt
+        with trio.fail_after(10):
+            reply_a = await c.wait_reply(ident)
+        assert reply_a.result["stopReason"] == "cancelled"
