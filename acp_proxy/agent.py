@@ -345,10 +345,13 @@ class AgentProcess:
     async def _deliver_decided(self) -> None:
         async with self._decided_receive:
             async for pending, batch in self._decided_receive:
-                if pending is not None:
-                    await pending.wait()
-                self._deliver(pending, batch)
+                await self._deliver_when_committed(pending, batch)
                 self._undelivered -= 1
+
+    async def _deliver_when_committed(self, pending: PendingCommit | None, batch: Batch) -> None:
+        if pending is not None:
+            await pending.wait()
+        self._deliver(pending, batch)
 
     def _deliver(self, pending: PendingCommit | None, batch: Batch) -> None:
         """Run a committed (or failed to commit: logged) batch's deliveries in order."""
@@ -419,10 +422,7 @@ class AgentProcess:
             callback(reply, batch)
         self.handler.on_agent_exit(self, batch)
         self.exited.set()
-        pending = self._submit(batch)
-        if pending is not None:
-            await pending.wait()
-        self._deliver(pending, batch)
+        await self._deliver_when_committed(self._submit(batch), batch)
 
     # -- sending -----------------------------------------------------------------------------
 

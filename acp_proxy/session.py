@@ -29,7 +29,13 @@ import anyio
 import msgspec
 from msgspec import Raw
 
-from store import AppendEvent, AppendEvents, FinishTurn, SessionRecord, StartTurn, UpdateSession
+from store import (
+    FinishTurn,
+    SessionRecord,
+    StartTurn,
+    UpdateSession,
+    append_event,
+)
 
 from .agent import AgentProcess, Batch
 from .logs import get_logger
@@ -258,19 +264,8 @@ class Session:
         self.last_seq += 1
         seq = self.last_seq
         turn = self.turn
-        turn_seq = turn.seq if turn else 0
-        ops = batch.ops
-        run = ops[-1] if ops else None
-        if (  # the batch's consecutive events of one turn: one stored run
-            type(run) is AppendEvents
-            and run.session_id == self.id
-            and run.turn == turn_seq
-            and run.first_seq + len(run.payloads) == seq
-        ):
-            run.kinds.append(kind)
-            run.payloads.append(payload)
-        else:
-            ops.append(AppendEvents(self.id, seq, turn_seq, [kind], [payload]))
+        # The batch's consecutive events of one turn become one stored run.
+        append_event(batch.ops, self.id, seq, turn.seq if turn else 0, kind, payload)
         self.updates_recorded += 1
         if turn is not None:
             turn.updates += 1
@@ -524,7 +519,7 @@ class Session:
                 + b"}}"
             )
             self.last_seq += 1
-            ops.append(AppendEvent(self.id, self.last_seq, turn.seq, "user_message_chunk", payload))
+            append_event(ops, self.id, self.last_seq, turn.seq, "user_message_chunk", payload)
         turn.user_last_seq = self.last_seq
         ops.append(UpdateSession(self.id, turn.started_wall))
         return ops

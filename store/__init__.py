@@ -24,6 +24,7 @@ from ._records import (
     UnsetType,
     UpdateSession,
     WriteOp,
+    append_event,
 )
 from ._schema import MIGRATIONS, SCHEMA_VERSION
 from ._sqlite import (
@@ -64,5 +65,6 @@ __all__ = [
     "UnsetType",
     "UpdateSession",
     "WriteOp",
+    "append_event",
     "open_store",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "UnsetType",
     "UpdateSession",
     "WriteOp",
+    "append_event",
 ]
 
 SESSION_STATES: tuple[str, ...] = ("active", "closed")
@@ -170,6 +171,24 @@ class AppendEvents(msgspec.Struct):
     turn: int
     kinds: list[str]
     payloads: list[bytes]
+
+
+def append_event(
+    ops: list[Any], session_id: str, seq: int, turn: int, kind: str, payload: bytes
+) -> None:
+    """Add one event to ``ops``: to the `AppendEvents` run ending ``ops`` when the event
+    continues it (same session and turn, the next seq), else as a new run."""
+    run = ops[-1] if ops else None
+    if (
+        type(run) is AppendEvents
+        and run.session_id == session_id
+        and run.turn == turn
+        and run.first_seq + len(run.payloads) == seq
+    ):
+        run.kinds.append(kind)
+        run.payloads.append(payload)
+    else:
+        ops.append(AppendEvents(session_id, seq, turn, [kind], [payload]))
 
 
 class StartTurn(msgspec.Struct, frozen=True):

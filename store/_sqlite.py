@@ -62,6 +62,7 @@ from ._records import (
     TurnRecord,
     UpdateSession,
     WriteOp,
+    append_event,
 )
 from ._schema import migrate
 
@@ -774,18 +775,8 @@ def _apply_sync(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> int:
     runs: list[AppendEvents] = []
     written = 0
     for op in ops:
-        if isinstance(op, AppendEvent):
-            last = runs[-1] if runs else None
-            if (
-                last is not None
-                and last.session_id == op.session_id
-                and last.turn == op.turn
-                and last.first_seq + len(last.payloads) == op.seq
-            ):
-                last.kinds.append(op.kind)
-                last.payloads.append(op.payload)
-            else:
-                runs.append(AppendEvents(op.session_id, op.seq, op.turn, [op.kind], [op.payload]))
+        if isinstance(op, AppendEvent):  # runs holds copies only: extending them is safe
+            append_event(runs, op.session_id, op.seq, op.turn, op.kind, op.payload)
             continue
         if isinstance(op, AppendEvents):  # copied: the caller's lists stay as they are
             runs.append(
