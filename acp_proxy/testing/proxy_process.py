@@ -20,7 +20,17 @@ import anyio
 import msgspec
 from anyio.abc import Process
 
-__all__ = ["ProxyHandle", "fake_agent_command", "run_proxy"]
+__all__ = ["ProxyHandle", "fake_agent_command", "pid_exists", "run_proxy"]
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists (until its parent reaps it: an agent the proxy has not
+    waited for yet still counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def fake_agent_command(*args: str) -> list[str]:

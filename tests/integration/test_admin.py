@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -10,8 +9,9 @@ import pytest
 import trio
 
 from acp_proxy.testing.client import AcpClient
+from acp_proxy.testing.proxy_process import pid_exists
 
-from .conftest import client, db_rows, proxy, summary
+from .conftest import client, db_rows, eventually, proxy, summary
 
 pytestmark = pytest.mark.trio
 
@@ -80,13 +80,7 @@ async def test_list_close_delete(tmp: Path) -> None:
         assert (await c.request("session/close", {"sessionId": a})).error is None
         assert db_rows(p.db, "SELECT state FROM sessions WHERE id = ?", a) == [("closed",)]
         assert db_rows(p.db, "SELECT count(*) FROM events WHERE session_id = ?", a)[0][0] > 0
-        with trio.fail_after(10):
-            while True:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                await trio.sleep(0.05)
+        await eventually(lambda: not pid_exists(pid))
         assert (await c.request("session/delete", {"sessionId": b})).error is None
         assert db_rows(p.db, "SELECT count(*) FROM events WHERE session_id = ?", b) == [(0,)]
         assert (await c.request("session/delete", {"sessionId": "sess_unknown"})).error is None

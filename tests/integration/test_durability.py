@@ -14,6 +14,7 @@ import os
 import random
 import secrets
 import signal
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,8 +329,6 @@ async def test_database_locked_by_another_process_delays_delivery_only(tmp: Path
     """While another process holds SQLite's write lock (``acp-proxy sessions delete`` may),
     nothing uncommitted reaches the client; once the lock is released every update arrives,
     in order, equal to what is stored, and the conversation goes on."""
-    import sqlite3
-
     chunks = 40
     async with proxy(tmp, "--thoughts", "0", "--tool-calls", "0") as p, client(p) as c:
         sid = await c.new_session(str(tmp))
@@ -362,8 +361,6 @@ async def test_a_store_that_cannot_commit_does_not_stop_the_conversation(tmp: Pa
     """Documented trade-off: when a commit fails (here: another process holds the write lock
     past the busy timeout) the updates are still delivered and `store.commit_failed` is
     logged; the recording has that gap, and later turns are recorded again."""
-    import sqlite3
-
     async with proxy(tmp, "--thoughts", "0", "--tool-calls", "0") as p, client(p) as c:
         sid = await c.new_session(str(tmp))
         await c.prompt(sid, "one")

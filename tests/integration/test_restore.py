@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from acp_proxy.testing.client import AcpClient
+from acp_proxy.testing.proxy_process import pid_exists
 
 from .conftest import client, db_rows, eventually, proxy, summary
 
@@ -31,16 +32,8 @@ async def _close_agent(c: AcpClient, sid: str) -> int:
     """Free the session's agent with session/close and wait until its process is gone."""
     pid = await _pid(c, sid)
     assert (await c.request("session/close", {"sessionId": sid})).error is None
-    await eventually(lambda: not _alive(pid))
+    await eventually(lambda: not pid_exists(pid))
     return pid
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize(

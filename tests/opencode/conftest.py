@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from acp_proxy.testing.client import AcpClient, Reply
-from acp_proxy.testing.proxy_process import ProxyHandle, run_proxy
+from acp_proxy.testing.proxy_process import ProxyHandle, pid_exists, run_proxy
 
 from .fake_model import FakeModel
 from .harness import INSTALL_HINT, OpencodeHome, agent_command, installed, prime
@@ -185,15 +185,7 @@ def agent_pid(handle: ProxyHandle, session_id: str) -> int:
     return pids[-1]
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 async def wait_dead(pid: int, within_s: float = 10.0) -> None:
     with trio.fail_after(within_s):
-        while alive(pid):  # noqa: ASYNC110 (polling another process)
+        while pid_exists(pid):  # noqa: ASYNC110 (polling another process)
             await trio.sleep(0.05)

@@ -14,12 +14,12 @@ import pytest
 import trio
 
 from acp_proxy.testing.client import AcpClient
+from acp_proxy.testing.proxy_process import pid_exists
 
 from .conftest import (
     TEST_LIMIT_S,
     Opencode,
     agent_pid,
-    alive,
     client,
     log_lines,
     proxy_meta,
@@ -61,7 +61,7 @@ async def test_first_turn(opencode: Opencode) -> None:
             assert len(created) == 1
             assert created[0]["upstream_session_id"].startswith("ses_")
             assert created[0]["upstream_session_id"] != sid  # the proxy mints its own ids
-            assert alive(agent_pid(p, sid))
+            assert pid_exists(agent_pid(p, sid))
             # The model saw one user message, with opencode's tools.
             assert oc.model.last().user_texts() == ["hello one"]
             assert "bash" in oc.model.last().tool_names()
@@ -94,7 +94,7 @@ async def test_warm_continued_turn_from_a_new_connection(opencode: Opencode) -> 
             assert text_of(reply) == _seen(2, "hello two")
             assert proxy_meta(reply)["agent"] == "warm"
             assert proxy_meta(reply)["cli_ready_ms"] == 0
-            assert agent_pid(p, sid) == pid and alive(pid)
+            assert agent_pid(p, sid) == pid and pid_exists(pid)
             assert len(log_lines(p, "session.created")) == 1
             assert not log_lines(p, "session.restored")
             assert oc.model.last().user_texts() == ["hello one", "hello two"]
@@ -219,7 +219,7 @@ async def test_agent_killed_then_next_prompt_restores(opencode: Opencode) -> Non
                 assert text_of(reply) == _seen(3, "after the kill")
                 assert oc.model.last().user_texts() == ["hello one", "hello two", "after the kill"]
                 new_pid = agent_pid(p, sid)
-                assert new_pid != pid and alive(new_pid)
+                assert new_pid != pid and pid_exists(new_pid)
                 assert [e["rung"] for e in log_lines(p, "session.restored")] == ["resume"]
                 following = await c.prompt(sid, "and now")
                 assert proxy_meta(following)["agent"] == "warm"
