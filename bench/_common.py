@@ -77,6 +77,27 @@ def load_average() -> str:
 
 
 @dataclass(frozen=True)
+class AgentCosts:
+    """The fake agent's cost knobs, in seconds (``name``: how a report calls the profile)."""
+
+    startup_delay: float
+    session_init_delay: float
+    first_token_delay: float
+    name: str = ""
+
+    def args(self) -> list[str]:
+        """The fake agent's command-line options for these costs."""
+        return [
+            "--startup-delay",
+            f"{self.startup_delay:g}",
+            "--session-init-delay",
+            f"{self.session_init_delay:g}",
+            "--first-token-delay",
+            f"{self.first_token_delay:g}",
+        ]
+
+
+@dataclass(frozen=True)
 class Stamp:
     """What a benchmark notes as it starts: its command line, the date, the load average."""
 

@@ -23,7 +23,6 @@ import argparse
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -31,6 +30,7 @@ import anyio
 from acp_proxy.testing.client import AcpClient, Reply
 from acp_proxy.testing.proxy_process import fake_agent_command, run_proxy
 from bench._common import (
+    AgentCosts,
     ContinuedRun,
     Stamp,
     agent_text,
@@ -50,25 +50,6 @@ GOAL_RATIO = 15.0
 RUN_LIMIT_S = 60.0  #: one continued turn (either scenario) must finish within this
 SETUP_LIMIT_S = 120.0
 CWD = "/tmp"
-
-
-@dataclass
-class Knobs:
-    """The fake agent's cost knobs, shared by both scenarios."""
-
-    startup_delay: float
-    session_init_delay: float
-    first_token_delay: float
-
-    def args(self) -> list[str]:
-        return [
-            "--startup-delay",
-            str(self.startup_delay),
-            "--session-init-delay",
-            str(self.session_init_delay),
-            "--first-token-delay",
-            str(self.first_token_delay),
-        ]
 
 
 def _check_continued(reply: Reply, n: int) -> float:
@@ -122,7 +103,7 @@ async def run_b(socket: str, session_id: str, n: int) -> ContinuedRun:
 
 
 def render(
-    knobs: Knobs, runs_a: list[ContinuedRun], runs_b: list[ContinuedRun]
+    knobs: AgentCosts, runs_a: list[ContinuedRun], runs_b: list[ContinuedRun]
 ) -> tuple[str, float, bool]:
     """The markdown table and notes; returns (text, ratio, passed)."""
     lines, ratio, passed = render_continued(
@@ -157,7 +138,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def main() -> int:
     args = parse_args()
-    knobs = Knobs(args.startup_delay, args.session_init_delay, args.first_token_delay)
+    knobs = AgentCosts(args.startup_delay, args.session_init_delay, args.first_token_delay)
     stamp = Stamp.now("continued_turn")
     with tempfile.TemporaryDirectory(prefix="acp-bench-") as tmp:
         state_dir = Path(tmp) / "agent-state"

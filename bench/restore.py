@@ -45,6 +45,7 @@ from acp_proxy.testing.client import AcpClient, Reply
 from acp_proxy.testing.proxy_process import ProxyHandle, fake_agent_command, run_proxy
 from acp_proxy.transcript import seed_block
 from bench._common import (
+    AgentCosts,
     Stamp,
     agent_text,
     alive,
@@ -70,26 +71,6 @@ RUNGS: dict[str, tuple[str, ...]] = {
     "load": ("--state-dir", "{state}", "--no-resume"),
     "new": ("--no-resume", "--no-load"),
 }
-
-
-@dataclass(frozen=True)
-class Costs:
-    """The fake agent's cost knobs."""
-
-    name: str
-    startup_delay: float
-    session_init_delay: float
-    first_token_delay: float
-
-    def args(self) -> list[str]:
-        return [
-            "--startup-delay",
-            f"{self.startup_delay:g}",
-            "--session-init-delay",
-            f"{self.session_init_delay:g}",
-            "--first-token-delay",
-            f"{self.first_token_delay:g}",
-        ]
 
 
 @dataclass
@@ -194,7 +175,7 @@ async def run_a(agent: list[str], rung: str, turns: int) -> RunA:
 # -- B: the proxy restores the conversation ----------------------------------------------------
 
 
-async def run_b(proxy: ProxyHandle, rung: str, turns: int, costs: Costs) -> RunB:
+async def run_b(proxy: ProxyHandle, rung: str, turns: int, costs: AgentCosts) -> RunB:
     with anyio.fail_after(SETUP_LIMIT_S):
         async with AcpClient.connect(proxy.socket) as client:
             await client.initialize()
@@ -240,7 +221,7 @@ def _meta_med(runs: Sequence[RunB], key: str) -> str:
 
 @dataclass
 class Cell:
-    costs: Costs
+    costs: AgentCosts
     rung: str
     a: list[RunA] = field(default_factory=list)
     b: list[RunB] = field(default_factory=list)
@@ -388,7 +369,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def main() -> int:
     args = parse_args()
-    profiles = [Costs("opencode-like", 1.5, 0.8, 0.1), Costs("zero", 0.0, 0.0, 0.0)]
+    profiles = [
+        AgentCosts(1.5, 0.8, 0.1, name="opencode-like"),
+        AgentCosts(0.0, 0.0, 0.0, name="zero"),
+    ]
     if args.costs != "both":
         profiles = [p for p in profiles if p.name.startswith(args.costs)]
     stamp = Stamp.now("restore")
