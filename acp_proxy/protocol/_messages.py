@@ -30,6 +30,7 @@ __all__ = [
     "encode_request",
     "encode_response",
     "error_payload",
+    "require_utf8",
 ]
 
 #: ACP ``RequestId``: string | int64 | null.
@@ -100,14 +101,37 @@ def _is_structured(raw: Raw) -> bool:
     return memoryview(raw)[0] in _OPENERS
 
 
+def require_utf8(line: bytes) -> None:
+    """Raise -32700 unless ``line`` is valid UTF-8 as a whole.
+
+    JSON text is UTF-8 (RFC 8259 §8.1; acp-notes §1.1). Checked here, on the whole line, rather
+    than inferred from whatever a JSON library raises: msgspec raised ``UnicodeDecodeError`` up to
+    0.22 and ``DecodeError`` since 0.23, and it never looks inside ``Raw`` members at all, so a
+    payload the proxy forwards and stores would otherwise escape the check. ASCII lines (most of
+    them) cost one C scan and no copy.
+    """
+    if line.isascii():
+        return
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError(
+            f"Parse error: invalid UTF-8 at byte {exc.start}; each line must be one complete "
+            "UTF-8 JSON value",
+            PARSE_ERROR,
+        ) from None
+
+
 def decode_message(line: bytes) -> Message:
     """Decode one line into a classified message.
 
     Raises:
-        RemoteProtocolError: code -32700 for invalid JSON, -32600 for valid JSON that is not a
-            JSON-RPC 2.0 message. ``data`` holds the request id when one could be read, so the
-            caller can answer it (``None`` otherwise, answered with id null).
+        RemoteProtocolError: code -32700 for invalid JSON or invalid UTF-8 anywhere in the line,
+            -32600 for valid JSON that is not a JSON-RPC 2.0 message. ``data`` holds the request
+            id when one could be read, so the caller can answer it (``None`` otherwise, answered
+            with id null).
     """
+    require_utf8(line)
     try:
         env = _decoder.decode(line)
     except msgspec.ValidationError as exc:
@@ -117,8 +141,7 @@ def decode_message(line: bytes) -> Message:
             INVALID_REQUEST,
         ) from None
     except MALFORMED_JSON as exc:
-        # msgspec raises UnicodeDecodeError for invalid UTF-8 inside strings and
-        # RecursionError for absurd nesting: both are the peer's malformed input.
+        # Malformed JSON, or RecursionError for absurd nesting: the peer's malformed input.
         raise RemoteProtocolError(
             f"Parse error: {exc}; each line must be one complete UTF-8 JSON value",
             PARSE_ERROR,
@@ -145,12 +168,6 @@ def decode_message(line: bytes) -> Message:
     if env.error:
         try:
             err = _error_decoder.decode(env.error)
-        except UnicodeDecodeError as exc:
-            raise RemoteProtocolError(
-                f"Parse error: {exc}; each line must be one complete UTF-8 JSON value",
-                PARSE_ERROR,
-                ident,
-            ) from None
         except msgspec.DecodeError:
             raise invalid(
                 '"error" must be an object with integer "code" and string "message"'

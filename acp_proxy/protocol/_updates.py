@@ -48,6 +48,13 @@ def decode_update_line(line: bytes) -> SessionUpdate | None:
     """
     if not line.startswith(_LINE_PREFIX):
         return None
+    if not line.isascii():
+        # msgspec does not look inside Raw members: invalid UTF-8 in ``update`` would pass.
+        # decode_message checks the whole line and answers -32700.
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     try:
         return _line_decoder.decode(line).params
     except _NOT_THIS_SHAPE:

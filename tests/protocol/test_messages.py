@@ -204,6 +204,11 @@ def test_invalid_utf8_outside_strings_is_parse_error(line: bytes) -> None:
         b'{"jsonrpc":"2.0","id":"\xff","method":"m"}',
         b'{"jsonrpc":"2.\xff","id":1,"method":"m"}',
         b'{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"\xff"}}',
+        # Inside members kept raw (forwarded and stored as they are): msgspec never looks.
+        b'{"jsonrpc":"2.0","id":1,"method":"session/prompt","params":{"p":"\xff"}}',
+        b'{"jsonrpc":"2.0","id":1,"result":{"text":"\xc3"}}',
+        b'{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":'
+        b'{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"\xed\xa0\x80"}}}}',
     ],
 )
 def test_invalid_utf8_inside_strings_is_parse_error(line: bytes) -> None:
@@ -479,3 +484,16 @@ def test_local_and_remote_are_distinct() -> None:
         raise RemoteProtocolError("peer")
     with pytest.raises(ProtocolError):
         raise LocalProtocolError("us")
+
+
+def test_update_fast_path_leaves_invalid_utf8_to_the_full_decode() -> None:
+    """A session/update line with invalid UTF-8 inside its raw update is not taken as valid."""
+    from acp_proxy.protocol import decode_update_line
+
+    line = (
+        b'{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":'
+        b'{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"\xff"}}}}'
+    )
+    assert decode_update_line(line) is None
+    assert decode_update_line(line.replace(b"\xff", "é".encode())) is not None
+    assert decode_error(line).code == PARSE_ERROR
