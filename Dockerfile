@@ -32,11 +32,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/acp-proxy
 
 WORKDIR /src
-# Only pyproject.toml, README.md, acp_proxy/ and store/ survive .dockerignore.
+# Only pyproject.toml, uv.lock, README.md, acp_proxy/ and store/ survive .dockerignore.
 COPY . .
-# All dependencies ship manylinux wheels: PyPI is the only network access needed.
-RUN /opt/acp-proxy/bin/pip install --no-cache-dir . \
-    && /opt/acp-proxy/bin/acp-proxy --help > /dev/null
+# The runtime part of uv.lock, exact versions with hashes (the same lock `make` and CI use); uv
+# only exports it and leaves the image with pip. All dependencies ship manylinux wheels: PyPI is
+# the only network access needed.
+ARG UV_VERSION=0.13.9
+RUN pip install --no-cache-dir "uv==${UV_VERSION}" \
+    && uv export --frozen --no-dev --no-emit-project --no-header -o /tmp/runtime.txt \
+    && /opt/acp-proxy/bin/pip install --no-cache-dir --require-hashes --no-deps -r /tmp/runtime.txt \
+    && /opt/acp-proxy/bin/pip install --no-cache-dir --no-deps . \
+    && /opt/acp-proxy/bin/acp-proxy --version
 
 # --- runtime: the venv, a non-root user, nothing else ---------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import anyio
 
-from . import sessions_cli
+from . import __version__, sessions_cli
 from .config import ConfigError, load_config
 from .logs import configure_logging
 
@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         description="A long-lived ACP sidecar: one warm agent per conversation, "
         "every session recorded in SQLite.",
     )
+    parser.add_argument("--version", action="version", version=f"acp-proxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
         "serve",

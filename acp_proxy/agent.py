@@ -32,9 +32,9 @@ from .protocol import (
     AGENT_EXITED,
     EMPTY,
     METHOD_NOT_FOUND,
+    Call,
     ErrorResponse,
     LineBuffer,
-    Message,
     Oversize,
     ProtocolError,
     Request,
@@ -112,7 +112,7 @@ ReplyCallback = Callable[[Response | ErrorResponse, Batch], None]
 class AgentHandler(Protocol):
     """Decides what the agent's calls mean. Synchronous: it only fills the batch."""
 
-    def on_agent_message(self, agent: AgentProcess, msg: Message, batch: Batch) -> None:
+    def on_agent_message(self, agent: AgentProcess, msg: Call, batch: Batch) -> None:
         """A request or notification from the agent."""
 
     def on_session_update(self, agent: AgentProcess, params: SessionUpdate, batch: Batch) -> None:
@@ -166,7 +166,7 @@ class AgentExited(Exception):
 class _UnboundHandler:
     """A spare agent has no session: nothing it says can reach a client."""
 
-    def on_agent_message(self, agent: AgentProcess, msg: Message, batch: Batch) -> None:
+    def on_agent_message(self, agent: AgentProcess, msg: Call, batch: Batch) -> None:
         if isinstance(msg, Request):
             agent.send_error(msg.id, METHOD_NOT_FOUND, f"{msg.method}: no session is bound")
         else:
@@ -309,7 +309,8 @@ class AgentProcess:
                 msg = decode_message(line)
             except ProtocolError as exc:
                 self.log.warning("agent.malformed_line", error=exc.message, line=line[:200])
-                self.send_error(exc.data if _is_id(exc.data) else None, exc.code, exc.message)
+                ident = exc.data if isinstance(exc.data, int | str) else None
+                self.send_error(ident, exc.code, exc.message)
                 continue
             well_formed = True
             if isinstance(msg, Response | ErrorResponse):
@@ -521,7 +522,3 @@ class AgentProcess:
         if self.first_message_at is None:
             return 0.0
         return (self.first_message_at - self.spawned_at) * 1000
-
-
-def _is_id(value: object) -> bool:
-    return value is None or isinstance(value, int | str)

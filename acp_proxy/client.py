@@ -23,9 +23,9 @@ from .outbox import Outbox, OutboxFull
 from .protocol import (
     EMPTY,
     INVALID_REQUEST,
+    Call,
     ErrorResponse,
     LineBuffer,
-    Message,
     Oversize,
     ProtocolError,
     RequestId,
@@ -72,7 +72,7 @@ class ClientConnection:
         #: environment the client's bridge forwarded (``acp-proxy attach --forward-env``)
         self.env: dict[str, str] = {}
         #: per session id: messages waiting behind a restore, in order (``Proxy.handle``)
-        self.gates: dict[str, deque[Message]] = {}
+        self.gates: dict[str, deque[Call]] = {}
 
     @property
     def closed(self) -> bool:

@@ -34,8 +34,8 @@ from .protocol import (
     MALFORMED_JSON,
     METHOD_NOT_FOUND,
     RESOURCE_NOT_FOUND,
+    Call,
     LocalProtocolError,
-    Message,
     Notification,
     ProtocolError,
     Request,
@@ -135,7 +135,7 @@ class Proxy:
         self._clients += 1
         return ClientConnection(self, stream, self._clients)
 
-    async def handle(self, client: ClientConnection, msg: Message) -> None:
+    async def handle(self, client: ClientConnection, msg: Call) -> None:
         """Handle one request or notification from a client.
 
         Messages are handled in arrival order, inline, so a ``session/cancel`` never overtakes
@@ -156,7 +156,7 @@ class Proxy:
                 return
         await self._dispatch(client, msg)
 
-    def _gate_key(self, client: ClientConnection, msg: Message) -> str | None:
+    def _gate_key(self, client: ClientConnection, msg: Call) -> str | None:
         """The session a message must stay in order with, if any."""
         if msg.method == "$/cancel_request" and client.gates:
             # Cancelling a request still waiting in a gate: it waits there too.
@@ -180,7 +180,7 @@ class Proxy:
         session = self.sessions.get(sid)
         return session is None or not session.live
 
-    async def _drain_gate(self, client: ClientConnection, sid: str, gate: deque[Message]) -> None:
+    async def _drain_gate(self, client: ClientConnection, sid: str, gate: deque[Call]) -> None:
         try:
             while gate:
                 await self._dispatch(client, gate[0])  # still queued: the gate stays busy
@@ -188,7 +188,7 @@ class Proxy:
         finally:
             client.gates.pop(sid, None)
 
-    async def _dispatch(self, client: ClientConnection, msg: Message) -> None:
+    async def _dispatch(self, client: ClientConnection, msg: Call) -> None:
         if isinstance(msg, Notification):
             try:
                 self._handle_notification(client, msg)

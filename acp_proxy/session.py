@@ -45,8 +45,8 @@ from .protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     MALFORMED_JSON,
+    Call,
     ErrorResponse,
-    Message,
     Notification,
     Request,
     RequestId,
@@ -207,7 +207,7 @@ class Session:
         meta = b',"_meta":' + bytes(params.meta) if params.meta else b""
         self._record_update(self._payload_prefix + update + meta + b"}", update, batch)
 
-    def on_agent_message(self, agent: AgentProcess, msg: Message, batch: Batch) -> None:
+    def on_agent_message(self, agent: AgentProcess, msg: Call, batch: Batch) -> None:
         """Decide what one agent request or notification means."""
         if isinstance(msg, Request):
             batch.deliveries.append(lambda: self._forward_agent_request(agent, msg))

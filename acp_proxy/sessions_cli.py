@@ -76,7 +76,7 @@ def _out(text: str) -> None:
 
 
 def _record_json(record: SessionRecord) -> dict[str, Any]:
-    out = msgspec.to_builtins(record)
+    out: dict[str, Any] = msgspec.to_builtins(record)
     for key in ("mcp_servers", "additional_directories", "modes", "config_options"):
         raw = getattr(record, key)
         out[key] = msgspec.json.decode(raw) if raw else None
@@ -142,7 +142,7 @@ async def _export(store: SqliteStore, args: argparse.Namespace) -> int:
             out.write(b'{"jsonrpc":"2.0","method":"session/update","params":' + payload + b"}\n")
         out.flush()
     except BrokenPipeError:  # e.g. piped into `head`: the reader has what it wanted
-        sys.stdout = None  # type: ignore[assignment]  # no second error at interpreter exit
+        sys.stdout = None  # no second error at interpreter exit
     return 0
 
 

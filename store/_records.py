@@ -225,6 +225,24 @@ WriteOp = (
 """Any operation accepted by `SessionStore.commit`."""
 
 
+class PendingCommit(Protocol):
+    """Ops queued by `SessionStore.submit`: committed or failed once ``finished``."""
+
+    @property
+    def finished(self) -> bool:
+        """The outcome is known (committed, or failed)."""
+        ...
+
+    @property
+    def error(self) -> StoreError | None:
+        """Why the ops were not committed (None: committed, or not finished yet)."""
+        ...
+
+    async def wait(self) -> None:
+        """Return once ``finished``."""
+        ...
+
+
 @runtime_checkable
 class SessionStore(Protocol):
     """What the proxy needs from a session store (SQLite now, maybe PostgreSQL later)."""
@@ -237,7 +255,7 @@ class SessionStore(Protocol):
         """
         ...
 
-    def submit(self, ops: Sequence[WriteOp]) -> Any:
+    def submit(self, ops: Sequence[WriteOp]) -> PendingCommit:
         """Queue ``ops`` in commit order without waiting; returns a handle for
         `wait_committed`.
 
@@ -246,7 +264,7 @@ class SessionStore(Protocol):
         """
         ...
 
-    async def wait_committed(self, pending: Any) -> None:
+    async def wait_committed(self, pending: PendingCommit) -> None:
         """Wait until ops queued by `submit` are committed.
 
         Raises:

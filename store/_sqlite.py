@@ -55,6 +55,7 @@ from ._records import (
     AppendEvents,
     DeleteSession,
     FinishTurn,
+    PendingCommit,
     PutSession,
     SessionRecord,
     StartTurn,
@@ -71,7 +72,6 @@ __all__ = [
     "INLINE_MAX_OPS",
     "QUEUE_SIZE",
     "WAL_LIMIT_BYTES",
-    "PendingCommit",
     "SqliteStore",
     "StoreStatistics",
     "open_store",
@@ -153,6 +153,8 @@ class StoreStatistics(NamedTuple):
     """Counters of a `SqliteStore` since it was opened.
 
     Attributes:
+        batches_submitted: Batches accepted by `SqliteStore.submit` (committed, failed, or
+            still waiting).
         transactions: Transactions committed.
         batches_committed: Batches (`SqliteStore.submit` / `SqliteStore.commit` calls) whose
             ops were committed.
@@ -162,6 +164,7 @@ class StoreStatistics(NamedTuple):
         checkpoints: Background WAL checkpoints run.
     """
 
+    batches_submitted: int
     transactions: int
     batches_committed: int
     batches_failed: int
@@ -199,10 +202,6 @@ class _Batch:
             if self._event is None:
                 self._event = anyio.Event()
             await self._event.wait()
-
-
-PendingCommit = _Batch
-"""A batch queued by `SqliteStore.submit`, committed or not yet (``finished``)."""
 
 
 class SqliteStore:
@@ -247,6 +246,7 @@ class SqliteStore:
         self._wal_bytes = 0  # written since the last complete checkpoint
         self._transactions = 0
         self._inline_transactions = 0
+        self._batches_submitted = 0
         self._batches_committed = 0
         self._batches_failed = 0
         self._ops_committed = 0
@@ -276,7 +276,7 @@ class SqliteStore:
             await self._space.wait()
         await self.wait_committed(self.submit(ops))
 
-    def submit(self, ops: Sequence[WriteOp]) -> PendingCommit:
+    def submit(self, ops: Sequence[WriteOp]) -> _Batch:
         """Commit ``ops`` now if the writer is idle, else queue them; never waits.
 
         The caller keeps its place in the commit order either way (the proxy forwards a
@@ -289,6 +289,9 @@ class SqliteStore:
         batch = _Batch(tuple(ops))
         if self._closing:
             raise StoreError(f"store {self.path} is closed; nothing committed")
+        if len(self._queue) >= QUEUE_SIZE:
+            raise StoreError(f"store {self.path} has {QUEUE_SIZE} commits queued; nothing queued")
+        self._batches_submitted += 1
         idle = (
             not self._queue
             and not self._writing
@@ -297,8 +300,6 @@ class SqliteStore:
         )
         if idle and _may_run_inline(batch.ops) and self._commit_now([batch]):
             return batch
-        if len(self._queue) >= QUEUE_SIZE:
-            raise StoreError(f"store {self.path} has {QUEUE_SIZE} commits queued; nothing queued")
         self._queue.append(batch)
         self._wakeup.set()
         return batch
@@ -316,6 +317,7 @@ class SqliteStore:
     def statistics(self) -> StoreStatistics:
         """Return the writer's counters."""
         return StoreStatistics(
+            batches_submitted=self._batches_submitted,
             transactions=self._transactions,
             batches_committed=self._batches_committed,
             batches_failed=self._batches_failed,

@@ -23,6 +23,7 @@ from ._errors import (
 from ._framing import DEFAULT_MAX_LINE_BYTES, OVERSIZE, LineBuffer, Oversize
 from ._messages import (
     EMPTY,
+    Call,
     ErrorResponse,
     Message,
     Notification,
@@ -53,6 +54,7 @@ __all__ = [
     "REQUEST_CANCELLED",
     "RESOURCE_NOT_FOUND",
     "SESSION_BUSY",
+    "Call",
     "ErrorResponse",
     "LineBuffer",
     "LocalProtocolError",

@@ -18,6 +18,7 @@ from ._params import MALFORMED_JSON
 
 __all__ = [
     "EMPTY",
+    "Call",
     "ErrorResponse",
     "Message",
     "Notification",
@@ -87,6 +88,8 @@ class ErrorResponse(msgspec.Struct, frozen=True):
 
 
 Message: TypeAlias = Request | Notification | Response | ErrorResponse
+#: What a peer calls: a request or a notification (everything but an answer).
+Call: TypeAlias = Request | Notification
 
 _decoder: Final = msgspec.json.Decoder(_Envelope)
 _error_decoder: Final = msgspec.json.Decoder(_ErrorObject)

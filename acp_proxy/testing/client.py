@@ -295,12 +295,14 @@ class AcpClient:
                 "clientInfo": {"name": "acp-proxy-test", "version": "0"},
             },
         )
-        return reply.unwrap("initialize")
+        result: dict[str, Any] = reply.unwrap("initialize")
+        return result
 
     async def new_session(self, cwd: str = "/tmp", **extra: Any) -> str:
         """``session/new``; returns the session id."""
         params = {"cwd": cwd, "mcpServers": [], **extra}
-        return (await self.request("session/new", params)).unwrap("session/new")["sessionId"]
+        sid: str = (await self.request("session/new", params)).unwrap("session/new")["sessionId"]
+        return sid
 
     async def prompt(self, session_id: str, text: str) -> Reply:
         """``session/prompt`` with one text block."""

@@ -27,7 +27,10 @@ Process knobs (command line; those marked * are per-turn defaults, see below):
 
 Per-turn overrides: when the first prompt block is a text block ``fake:{json object}`` (trailing
 text allowed), its keys override the * knobs for that turn: chunks, chunk_size, thoughts,
-tool_calls, plan, permission, fs_read, crash_after, hang, first_token_delay, chunk_delay, and
+tool_calls, plan, permission, fs_read, crash_after, hang, first_token_delay, chunk_delay,
+``pause_after`` + ``pause_until`` (after that many message chunks, wait until the file named by
+``pause_until`` exists: at most 60 s, then go on; a test's handle on "mid-turn"), ``done_file``
+(created once the prompt's response is written: the agent has sent the whole turn), and
 ``text``, which replaces the filler of the message chunks (split into ``chunks`` pieces). The
 key ``script`` (an array of SessionUpdate objects) makes the turn emit those updates verbatim, in
 order, instead of its plan, thoughts, tool calls and message chunks; the summary chunk follows.
@@ -57,6 +60,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import pathlib
 import re
 import secrets
 import stat
@@ -122,6 +126,9 @@ class Knobs:
     chunk_delay: float = 0.0
     text: str | None = None
     script: list[dict[str, Any]] | None = None
+    pause_after: int | None = None
+    pause_until: str | None = None
+    done_file: str | None = None
 
     def override(self, directive: dict[str, Any]) -> Knobs:
         """Return a copy with ``directive``'s keys applied (RpcError -32602 on a bad key/value)."""
@@ -186,6 +193,15 @@ class Session:
                 }
             ],
         }
+
+
+async def _wait_for_file(path: str, limit_s: float = 60.0) -> None:
+    """Poll for ``path`` (bounded: a test that never creates it is not held forever)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    # Another process creates the file: there is no event to wait on, and a stat is cheap.
+    while not os.path.exists(path) and loop.time() < deadline:  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(0.01)
 
 
 def _filler(offset: int, size: int) -> str:
@@ -328,7 +344,9 @@ class Turn:
             pieces = [k.text[len(k.text) * j // n : len(k.text) * (j + 1) // n] for j in range(n)]
         else:
             pieces = [_filler(j * k.chunk_size, k.chunk_size) for j in range(k.chunks)]
-        for piece in pieces:
+        for j, piece in enumerate(pieces):
+            if j == k.pause_after and k.pause_until is not None:
+                await _wait_for_file(k.pause_until)
             await self.emit(self._chunk("agent_message_chunk", piece))
         if k.hang:
             await asyncio.Future()  # only a cancel gets us out of here
@@ -467,7 +485,8 @@ class Turn:
         rid, future = self.agent.start_call(method, params)
         self.pending.add(rid)
         try:
-            return await future
+            reply: dict[str, Any] = await future
+            return reply
         finally:
             self.pending.discard(rid)
 
@@ -638,12 +657,15 @@ class Agent:
             ):
                 raise RpcError(METHOD_NOT_FOUND, "Method not found", {"method": method})
             result = await handler(params, rid)
-            after: list[dict[str, Any]] = []
+            after: list[dict[str, Any] | Callable[[], object]] = []
             if isinstance(result, tuple):
                 result, after = result
             self.send({"jsonrpc": "2.0", "id": rid, "result": result})
-            for message in after:
-                self.send(message)
+            for message in after:  # messages to send, or actions to take, after the response
+                if callable(message):
+                    message()
+                else:
+                    self.send(message)
         except RpcError as exc:
             self.reply_error(rid, exc.code, exc.message, exc.data)
         except asyncio.CancelledError:
@@ -849,10 +871,13 @@ class Agent:
         turn = Turn(self, session, knobs, blocks)
         session.turn, self.turns[rid] = turn, turn
         try:
-            return await turn.run()
+            result = await turn.run()
         finally:
             session.turn = None
             self.turns.pop(rid, None)
+        if knobs.done_file is not None:
+            return result, [pathlib.Path(knobs.done_file).touch]
+        return result
 
     async def fake_state(self, params: dict[str, Any], rid: Any) -> Any:
         wanted = params.get("sessionId")

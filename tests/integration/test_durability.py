@@ -9,12 +9,15 @@ stored as ``unknown`` once the session is used again and never sent to an agent 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
 import secrets
 import signal
 import sqlite3
+import struct
+import termios
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,6 +328,22 @@ async def test_turn_cut_by_kill_is_unknown_after_restart_and_never_resent(
     assert "the turn cut by the kill" not in kept
 
 
+def unread_agent_output(proxy_pid: int) -> int:
+    """Bytes the proxy's agent processes have written to stdout that the proxy has not read.
+
+    ``/proc/PID/fd/1`` of an agent opens its stdout pipe; ``FIONREAD`` counts what waits in it.
+    """
+    children = Path(f"/proc/{proxy_pid}/task/{proxy_pid}/children").read_text().split()
+    total = 0
+    for child in children:
+        fd = os.open(f"/proc/{child}/fd/1", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            total += struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        finally:
+            os.close(fd)
+    return total
+
+
 async def test_database_locked_by_another_process_delays_delivery_only(tmp: Path) -> None:
     """While another process holds SQLite's write lock (``acp-proxy sessions delete`` may),
     nothing uncommitted reaches the client; once the lock is released every update arrives,
@@ -337,9 +356,15 @@ async def test_database_locked_by_another_process_delays_delivery_only(tmp: Path
         try:
             other.execute("BEGIN IMMEDIATE")
             before = len(c.updates(sid))
-            ident = await c.start_prompt(sid, f'fake:{{"chunks": {chunks}, "chunk_delay": 0.005}}')
-            await trio.sleep(0.8)  # the agent has long sent everything by now
+            done = tmp / "agent-sent-everything"
+            directive = {"chunks": chunks, "chunk_delay": 0.005, "done_file": str(done)}
+            ident = await c.start_prompt(sid, "fake:" + json.dumps(directive))
+            # The agent creates `done` once it has written the turn's last line (its response);
+            # then the proxy has read all of it once no agent's stdout pipe holds a byte.
+            await eventually(done.exists)
+            await eventually(lambda: unread_agent_output(p.process.pid) == 0)
             assert len(c.updates(sid)) == before, "an update was delivered before its commit"
+            assert not any(m.get("id") == ident for m in c.messages), "answered before commit"
             other.execute("COMMIT")
             reply = await c.wait_reply(ident)
         finally:

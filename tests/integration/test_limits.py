@@ -38,13 +38,18 @@ async def test_idle_agent_is_evicted_and_restored_on_next_use(tmp: Path) -> None
 
 
 async def test_a_running_turn_is_never_evicted(tmp: Path) -> None:
-    """A turn longer than the idle timeout runs to its end."""
+    """A turn five times longer than the idle timeout runs to its end; the agent is evicted
+    only once the turn is over (so the reaper was running all along)."""
     extra = _config(tmp, "idle_timeout_s = 0.2\nwarm_spares = 0\n")
     async with proxy(tmp, extra_args=extra) as p, client(p) as c:
         sid = await c.new_session(str(tmp))
         reply = await c.prompt(sid, 'fake:{"first_token_delay": 1.0}')
         assert reply.result["stopReason"] == "end_turn"
-        assert not _events(p, "session.evicted")
+        await eventually(lambda: bool(_events(p, "session.evicted")))
+        [finished] = _events(p, "turn.finished")
+        [evicted] = _events(p, "session.evicted")
+        assert evicted["timestamp"] > finished["timestamp"]
+        assert evicted["idle_s"] >= 0.2
 
 
 async def test_cap_evicts_the_least_recently_used_idle_agent(tmp: Path) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-import trio
 
 from .conftest import client, db_rows, eventually, proxy, summary
 
@@ -100,30 +100,36 @@ async def test_client_leaving_mid_turn_keeps_the_turn_and_a_later_load_sees_all(
     tmp: Path,
 ) -> None:
     """The turn outlives its client; a client loading mid-turn gets replay then the live rest."""
-    directive = 'fake:{"chunks": 30, "chunk_delay": 0.03}'
+    # The agent stops after 10 of its 30 message chunks until the test creates `go`: the load
+    # happens mid-turn by construction, whatever the machine's speed.
+    go = tmp / "go"
+    directive = "fake:" + json.dumps({"chunks": 30, "pause_after": 10, "pause_until": str(go)})
+
+    def is_chunk(update: dict[str, Any]) -> bool:
+        return update["sessionUpdate"] == "agent_message_chunk"
+
     async with proxy(tmp) as p:
         async with client(p) as c1:
             sid = await c1.new_session(str(tmp))
             await c1.start_prompt(sid, directive)
-            await c1.wait_for(
-                lambda m: (
-                    m.get("params", {}).get("update", {}).get("sessionUpdate")
-                    == "agent_message_chunk"
-                )
-            )
-        # c1 is gone; the turn goes on. Attach mid-turn.
-        await trio.sleep(0.2)
+            await c1.wait_for(lambda m: sum(is_chunk(u["update"]) for u in c1.updates(sid)) == 10)
+        # c1 is gone; the turn goes on, paused. Attach mid-turn.
         async with client(p) as c2:
             loaded = await c2.request(
                 "session/load", {"sessionId": sid, "cwd": str(tmp), "mcpServers": []}
             )
             assert loaded.error is None
+            replayed = [u for u in loaded.updates() if is_chunk(u)]
+            assert len(replayed) == 10  # the replay: what was sent before the load
+            assert not go.exists()  # so the turn was still running when the load was answered
+            go.touch()
             await c2.wait_for(
                 lambda m: "[fake]" in str(m.get("params", {}).get("update", {}).get("content"))
             )
             stream = [u["update"] for u in c2.updates(sid)]
-        chunks = [u for u in stream if u["sessionUpdate"] == "agent_message_chunk"]
+        chunks = [u for u in stream if is_chunk(u)]
         assert len(chunks) == 31  # 30 filler chunks + the summary: none lost, none doubled
+        assert len(chunks) - len(replayed) == 21  # the live rest, after the load's answer
         assert "holds 0 earlier turns" in summary(stream)
         await eventually(lambda: db_rows(p.db, "SELECT outcome FROM turns") == [("completed",)])
 

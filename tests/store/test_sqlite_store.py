@@ -502,8 +502,12 @@ async def test_group_commit(tmp_path: Path) -> None:
             async with anyio.create_task_group() as tg:
                 for i in range(calls):
                     tg.start_soon(writer, i)
-                await anyio.sleep(0.3)
-                assert returned == []  # nothing committed, nothing lost, the loop runs
+                # Every writer has handed its batch to the store (the loop runs) ...
+                await anyio.wait_all_tasks_blocked()
+                assert db.statistics().batches_submitted - before.batches_submitted == calls
+                # ... and none of them is committed while the lock is held.
+                assert returned == []
+                assert db.statistics().batches_committed == before.batches_committed
                 other.execute("COMMIT")
 
         assert sorted(returned) == list(range(calls))
