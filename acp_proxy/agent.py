@@ -5,6 +5,12 @@ task group, never under a client's: a client leaving does not end it. Its stdout
 chunks; every chunk's messages form one :class:`Batch`: the handler decides synchronously what
 each message means (store writes, deliveries), the batch's writes are committed, then the
 deliveries run in arrival order. So an event reaches a client only once it is in the store.
+
+Stopping an agent never drops what it already said: :meth:`AgentProcess.stop` closes stdin and
+signals the process group, while its stdout is still read to the end and every committed batch
+is delivered; a request still unanswered when the process has gone gets the documented
+``agent_exited`` error. The process group is signalled whether or not the process the proxy
+started is still alive (a wrapper script that died leaves the real agent in that group).
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import anyio
@@ -25,6 +30,7 @@ from msgspec import Raw
 
 from store import PendingCommit, SessionStore, StoreError
 
+from .batch import AgentError, AgentExited, Batch, ExitInfo, LineSink
 from .logs import get_logger
 from .outbox import Outbox
 from .pipe import PipeWriter
@@ -68,43 +74,6 @@ STDERR_TAIL_LINES: Final = 20
 _PROXY_VERSION: Final = "0.1.0"
 
 
-class LineSink(Protocol):
-    """Where a batch's lines for one conversation go once committed."""
-
-    def deliver_lines(self, items: list[tuple[int, bytes]]) -> None:
-        """Send ``(event seq or 0, line)`` items, in order."""
-
-
-class _LineRun:
-    """Consecutive lines of a batch for one sink: delivered as one write, not one each."""
-
-    __slots__ = ("items", "sink")
-
-    def __init__(self, sink: LineSink, seq: int, line: bytes) -> None:
-        self.sink = sink
-        self.items = [(seq, line)]
-
-    def __call__(self) -> None:
-        self.sink.deliver_lines(self.items)
-
-
-@dataclass
-class Batch:
-    """What one chunk of agent output means: store writes, then deliveries in order."""
-
-    ops: list[Any] = field(default_factory=list)
-    deliveries: list[Callable[[], None]] = field(default_factory=list)
-
-    def add_line(self, sink: LineSink, seq: int, line: bytes) -> None:
-        """Deliver ``line`` to ``sink`` after what is queued so far (joined with the lines
-        queued for the same sink just before it)."""
-        last = self.deliveries[-1] if self.deliveries else None
-        if type(last) is _LineRun and last.sink is sink:
-            last.items.append((seq, line))
-        else:
-            self.deliveries.append(_LineRun(sink, seq, line))
-
-
 #: Called (synchronously) with the agent's answer to a request the proxy sent.
 ReplyCallback = Callable[[Response | ErrorResponse, Batch], None]
 
@@ -120,47 +89,6 @@ class AgentHandler(Protocol):
 
     def on_agent_exit(self, agent: AgentProcess, batch: Batch) -> None:
         """The agent process ended (pending requests were already failed)."""
-
-
-@dataclass(frozen=True)
-class ExitInfo:
-    """How an agent process ended."""
-
-    returncode: int | None
-    stderr_tail: list[str]
-
-    def as_data(self) -> dict[str, Any]:
-        """JSON-RPC ``error.data`` describing the exit."""
-        code = self.returncode
-        return {
-            "kind": "agent_exited",
-            "exitCode": code if code is not None and code >= 0 else None,
-            "signal": signal.Signals(-code).name if code is not None and code < 0 else None,
-            "stderrTail": self.stderr_tail,
-        }
-
-    def describe(self) -> str:
-        """One line for humans."""
-        data = self.as_data()
-        how = f"signal {data['signal']}" if data["signal"] else f"exit code {data['exitCode']}"
-        tail = f"; last stderr line: {self.stderr_tail[-1]!r}" if self.stderr_tail else ""
-        return f"the agent process ended ({how}){tail}"
-
-
-class AgentError(Exception):
-    """The agent answered a proxy request with a JSON-RPC error."""
-
-    def __init__(self, method: str, reply: ErrorResponse) -> None:
-        super().__init__(f"agent answered {method} with error {reply.code}: {reply.message}")
-        self.reply = reply
-
-
-class AgentExited(Exception):
-    """The agent process ended before answering."""
-
-    def __init__(self, info: ExitInfo, doing: str) -> None:
-        super().__init__(f"{info.describe()} while {doing}")
-        self.info = info
 
 
 class _UnboundHandler:
@@ -212,7 +140,9 @@ class AgentProcess:
         self._kill_grace_s = kill_grace_s
         self._next_id = 0
         self._pending: dict[int, tuple[str, ReplyCallback]] = {}
-        self._scope = anyio.CancelScope()
+        self._read_scope = anyio.CancelScope()
+        self._stop_requested = anyio.Event()
+        self._stdout_done = anyio.Event()
         self._stopping = False
         self.outbox = Outbox(limit_bytes=1 << 62)
         self._stdin: PipeWriter | None = None
@@ -224,6 +154,9 @@ class AgentProcess:
         self.initialize_result: dict[str, Any] = {}
         self.exit_info: ExitInfo | None = None
         self.exited = anyio.Event()
+        #: called (synchronously) once the process has ended, after its pending requests
+        #: were failed: how the pool learns that a slot is free
+        self.exit_callbacks: list[Callable[[AgentProcess], None]] = []
         self.log = get_logger(component="agent")
 
     # -- life cycle --------------------------------------------------------------------------
@@ -260,15 +193,17 @@ class AgentProcess:
         self.log.info("agent.spawned", command=self.command, cwd=self.cwd)
         task_status.started(self)
         try:
-            with self._scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._drain_stderr)
-                    tg.start_soon(self._write_stdin)
-                    async with anyio.create_task_group() as pipeline:
-                        pipeline.start_soon(self._deliver_decided)
-                        async with self._decided_send:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._drain_stderr)
+                tg.start_soon(self._write_stdin)
+                tg.start_soon(self._stop_when_asked)
+                async with anyio.create_task_group() as pipeline:
+                    pipeline.start_soon(self._deliver_decided)
+                    async with self._decided_send:
+                        with self._read_scope:
                             await self._read_stdout()
-                    tg.cancel_scope.cancel()
+                # stdout ended and everything read was delivered
+                tg.cancel_scope.cancel()
         except Exception:
             # A bug met while serving this agent ends this agent (its session can be
             # restored), not the proxy and every other conversation.
@@ -279,16 +214,30 @@ class AgentProcess:
                 await self._on_exit()
 
     def stop(self) -> None:
-        """Ask the process to end (stdin closed, then signals); returns at once."""
+        """Ask the process to end (stdin closed, then signals to its group); returns at once.
+
+        What it writes until then is still read, recorded and delivered."""
         self._stopping = True
-        self._scope.cancel()
+        self._stop_requested.set()
+
+    async def _stop_when_asked(self) -> None:
+        await self._stop_requested.wait()
+        await self._end_process()
+        # The group is gone, so stdout ends now, unless a process that left the group still
+        # holds the pipe: then stop reading (what was read is delivered all the same).
+        with anyio.move_on_after(self._kill_grace_s):
+            await self._stdout_done.wait()
+        self._read_scope.cancel()
 
     async def _read_stdout(self) -> None:
         assert self.process is not None and self.process.stdout is not None
         buffer = LineBuffer(self._max_line_bytes)
-        async for data in self.process.stdout:
-            await self._process(buffer.feed(data))
-        await self._process(buffer.feed(b""))
+        try:
+            async for data in self.process.stdout:
+                await self._process(buffer.feed(data))
+            await self._process(buffer.feed(b""))
+        finally:
+            self._stdout_done.set()
 
     async def _process(self, lines: list[bytes | Oversize]) -> None:
         if not lines:
@@ -332,7 +281,10 @@ class AgentProcess:
             self._deliver(pending, batch)
         else:
             self._undelivered += 1
-            await self._decided_send.send((pending, batch))
+            # Decided (and maybe committed): it must reach the pipeline even if reading is
+            # being cancelled, or committed output would never be delivered.
+            with anyio.CancelScope(shield=True):
+                await self._decided_send.send((pending, batch))
 
     def _submit(self, batch: Batch) -> PendingCommit | None:
         if not batch.ops:
@@ -379,7 +331,9 @@ class AgentProcess:
                     self.stderr_tail.append(text)
                     self.log.debug("agent.stderr", line=text)
 
-    async def _terminate(self) -> None:
+    async def _end_process(self) -> None:
+        """Close stdin, then SIGTERM and SIGKILL the process group, ``kill_grace_s`` apart,
+        until nothing of it is left. Idempotent; safe to run twice at once."""
         process = self.process
         if process is None:
             return
@@ -390,16 +344,23 @@ class AgentProcess:
             with anyio.move_on_after(self._kill_grace_s):
                 await process.wait()
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            if process.returncode is not None:
-                break
-            # Still ours and not reaped, so the group id is still the one we created.
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
+            # The group outlives the process we started when that was a wrapper (a shell
+            # script, npx) whose child is the real agent: signal the group in any case. Its id
+            # cannot be reused while any member is left (the kernel keeps it allocated).
+            if not _signal_group(process.pid, sig):
                 break
             with anyio.move_on_after(self._kill_grace_s):
                 await process.wait()
+                # No event tells when a group empties: poll, bounded by the grace period.
+                while _signal_group(process.pid, 0):  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
         await process.wait()
+
+    async def _terminate(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        await self._end_process()
         # Let stderr finish so the tail explains the exit.
         if process.stderr is not None:
             with anyio.move_on_after(0.2):
@@ -423,6 +384,8 @@ class AgentProcess:
             callback(reply, batch)
         self.handler.on_agent_exit(self, batch)
         self.exited.set()
+        for on_exit in self.exit_callbacks:
+            on_exit(self)
         await self._deliver_when_committed(self._submit(batch), batch)
 
     # -- sending -----------------------------------------------------------------------------
@@ -522,3 +485,14 @@ class AgentProcess:
         if self.first_message_at is None:
             return 0.0
         return (self.first_message_at - self.spawned_at) * 1000
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` (0: just look) to a process group; False when no member is left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member changed its credentials: not ours to signal any more
+        return False
+    return True

@@ -21,12 +21,10 @@ import anyio
 import msgspec
 from anyio.abc import SocketStream
 
+from .extensions import ENV_METHOD
 from .logs import get_logger
 
-__all__ = ["ENV_METHOD", "attach", "dispatch"]
-
-#: Extension notification a bridge sends first: ``{"env": {NAME: value}}``.
-ENV_METHOD = "_acp-proxy/env"
+__all__ = ["attach", "dispatch"]
 
 _READ_SIZE = 1 << 16
 

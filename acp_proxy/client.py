@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import anyio
 import msgspec
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 from msgspec import Raw
 
+from .agent import AgentProcess
+from .config import Config
 from .logs import get_logger
 from .outbox import Outbox, OutboxFull
 from .protocol import (
@@ -37,22 +39,30 @@ from .protocol import (
     encode_response,
 )
 
-if TYPE_CHECKING:
-    from .agent import AgentProcess
-    from .proxy import Proxy
-    from .session import Session
-
-__all__ = ["ClientConnection"]
+__all__ = ["ClientConnection", "Dispatcher"]
 
 _encoder: Final = msgspec.json.Encoder()
 ClientReply = Callable[[Response | ErrorResponse], None]
 
 
+class Dispatcher(Protocol):
+    """Where a connection's messages go (``proxy.Proxy``)."""
+
+    async def handle(self, client: ClientConnection, msg: Call) -> None:
+        """Handle one request or notification, in arrival order."""
+
+    def on_client_closed(self, client: ClientConnection) -> None:
+        """The connection has ended."""
+
+
 class ClientConnection:
     """A connected ACP client."""
 
-    def __init__(self, proxy: Proxy, stream: ByteStream, number: int) -> None:
-        self.proxy = proxy
+    def __init__(
+        self, dispatcher: Dispatcher, config: Config, stream: ByteStream, number: int
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.config = config
         self.stream = stream
         self.number = number
         raw_socket = stream.extra(SocketAttribute.raw_socket, None)
@@ -60,8 +70,9 @@ class ClientConnection:
         direct = (
             raw_socket.send if raw_socket is not None and not raw_socket.getblocking() else None
         )
-        self.outbox = Outbox(proxy.config.client_outbox_bytes, direct)
-        self.sessions: set[Session] = set()
+        self.outbox = Outbox(config.client_outbox_bytes, direct)
+        #: the sessions this client receives the stream of (``session.Session``)
+        self.sessions: set[Any] = set()
         #: client request id → (agent, agent-side id), to translate ``$/cancel_request``
         self.inflight: dict[RequestId, tuple[AgentProcess, int]] = {}
         self._next_id = 0
@@ -91,7 +102,7 @@ class ClientConnection:
                 finally:
                     self.outbox.close()
         finally:
-            self.proxy.on_client_closed(self)
+            self.dispatcher.on_client_closed(self)
             with anyio.CancelScope(shield=True):
                 await self.stream.aclose()
             self.log.info("client.disconnected", messages=self.messages_in)
@@ -106,7 +117,7 @@ class ClientConnection:
             self.tg.cancel_scope.cancel()
 
     async def _read(self) -> None:
-        buffer = LineBuffer(self.proxy.config.max_line_bytes)
+        buffer = LineBuffer(self.config.max_line_bytes)
         try:
             async for data in self.stream:
                 for line in buffer.feed(data):
@@ -121,7 +132,7 @@ class ClientConnection:
     async def _handle_line(self, line: bytes | Oversize) -> None:
         self.messages_in += 1
         if isinstance(line, Oversize):
-            limit = self.proxy.config.max_line_bytes
+            limit = self.config.max_line_bytes
             self.send_error(
                 None,
                 INVALID_REQUEST,
@@ -142,7 +153,7 @@ class ClientConnection:
             else:
                 callback(msg)
             return
-        await self.proxy.handle(self, msg)
+        await self.dispatcher.handle(self, msg)
 
     # -- sending -----------------------------------------------------------------------------
 

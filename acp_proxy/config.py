@@ -73,9 +73,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: use. Peers found 100 ms-5 s TTLs made every message respawn (openclaw #39724, #66389);
     #: 30 min keeps a human's pauses warm. 0 disables.
     idle_timeout_s: float = 1800.0
-    #: Live agent processes kept at most (spares not counted); the least recently used idle
-    #: one is stopped to make room. Each agent costs 100-400 MB (opencode ~250-380 MB).
+    #: Agent processes serving conversations at most, counted from the moment one is asked
+    #: for until it has exited (spares not counted); the least recently used idle one is
+    #: stopped to make room, and a request waits for a slot up to ``agent_start_timeout_s``.
+    #: Each agent costs 100-600 MB (opencode 320-620 MB).
     max_live_agents: int = 32
+    #: Prompts that wait behind a session's running turn (FIFO); one more is refused with
+    #: -32010 ``turn_in_progress``. A client that sends its next message early is served in
+    #: order; a runaway one is told.
+    max_queued_prompts: int = 8
     #: How the proxy answers clients: ``standard`` ACP, or ``open-design`` for daemons that
     #: cannot take a replay (load answers sessionId/openCodeSessionId and replays nothing; a
     #: session that cannot be restored is an error with ``data.kind = "resume_failed"``).
@@ -116,6 +122,8 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config
         raise ConfigError("no agent command: put it after `--`, e.g. `-- opencode acp`")
     if config.warm_spares < 0 or config.kill_grace_s < 0 or config.max_line_bytes < 1024:
         raise ConfigError("warm_spares and kill_grace_s must be >= 0, max_line_bytes >= 1024")
-    if config.idle_timeout_s < 0 or config.max_live_agents < 1:
-        raise ConfigError("idle_timeout_s must be >= 0 and max_live_agents >= 1")
+    if config.idle_timeout_s < 0 or config.max_live_agents < 1 or config.max_queued_prompts < 0:
+        raise ConfigError(
+            "idle_timeout_s must be >= 0, max_live_agents >= 1 and max_queued_prompts >= 0"
+        )
     return config

@@ -1,31 +1,37 @@
 """What each client method means: the handlers of the requests a client sends.
 
-Each is ``async def method(proxy, client, req)``; :class:`~acp_proxy.proxy.Proxy` dispatches to
+Each is ``async def method(hub, client, req)``; :class:`~acp_proxy.proxy.Proxy` dispatches to
 them (``METHODS``) and turns a raised :class:`~acp_proxy.protocol.ProtocolError` into the
-error answer. ``session/new`` and ``authenticate`` may spawn an agent, so they run beside the
-connection's reader (``BACKGROUND``); requests for a session being restored wait in that
-session's gate (see ``Proxy.handle``).
+error answer. Whatever binds, closes or deletes a session goes through its owner task
+(``owner.py``); a prompt waits behind the running turn (FIFO, ``max_queued_prompts``).
+``session/new`` and ``authenticate`` may spawn an agent, so they run beside the connection's
+reader (``BACKGROUND``); requests for a session being restored wait in that session's gate
+(see ``Proxy.handle``).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
+import anyio
 import msgspec
 from msgspec import Raw
 
-from store import DeleteSession, PutSession, SessionRecord, StoreError, UpdateSession
+from store import StoreError
 
-from .agent import UNBOUND, AgentError, AgentExited, Batch
+from .agent import AgentError, Batch
 from .client import ClientConnection
+from .hub import Hub
+from .lifecycle import State
+from .owner import AgentRefused
 from .protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
+    INVALID_REQUEST,
     METHOD_NOT_FOUND,
     RESOURCE_NOT_FOUND,
     SESSION_BUSY,
@@ -40,10 +46,14 @@ from .protocol import (
 )
 from .session import Session
 
-if TYPE_CHECKING:
-    from .proxy import Proxy
-
-__all__ = ["BACKGROUND", "METHODS", "MethodHandler", "session_forward", "session_id_of"]
+__all__ = [
+    "BACKGROUND",
+    "METHODS",
+    "MethodHandler",
+    "run_guarded",
+    "session_forward",
+    "session_id_of",
+]
 
 _encoder: Final = msgspec.json.Encoder()
 #: What the proxy serves itself, whatever the agent supports (design §2).
@@ -51,7 +61,7 @@ _PROXY_SESSION_CAPABILITIES: Final = ("list", "resume", "close", "delete")
 #: Agent session capabilities passed through as they are (they describe request params).
 _PASSTHROUGH_SESSION_CAPABILITIES: Final = ("additionalDirectories",)
 
-MethodHandler = Callable[["Proxy", ClientConnection, Request], Awaitable[None]]
+MethodHandler = Callable[[Hub, ClientConnection, Request], Awaitable[None]]
 
 
 def session_id_of(params: Raw) -> str | None:
@@ -62,8 +72,8 @@ def session_id_of(params: Raw) -> str | None:
         return None
 
 
-async def initialize(proxy: Proxy, client: ClientConnection, req: Request) -> None:
-    info = await proxy.pool.ensure_agent_info()
+async def initialize(hub: Hub, client: ClientConnection, req: Request) -> None:
+    info = await hub.pool.ensure_agent_info()
     caps = dict(info.get("agentCapabilities") or {})
     agent_session_caps = caps.get("sessionCapabilities")
     session_caps: dict[str, Any] = {
@@ -86,8 +96,8 @@ async def initialize(proxy: Proxy, client: ClientConnection, req: Request) -> No
     client.send_response(req.id, result)
 
 
-async def authenticate(proxy: Proxy, client: ClientConnection, req: Request) -> None:
-    agent = await proxy.pool.any_agent()
+async def authenticate(hub: Hub, client: ClientConnection, req: Request) -> None:
+    agent = await hub.pool.any_agent()
     try:
         result = await agent.call("authenticate", req.params)
     except AgentError as exc:
@@ -95,87 +105,25 @@ async def authenticate(proxy: Proxy, client: ClientConnection, req: Request) -> 
         return
     # Every agent spawned from now on authenticates the same way. (Agents already serving
     # a conversation were started with whatever credentials they found.)
-    proxy.pool.auth_params = req.params
+    hub.pool.auth_params = req.params
     client.send_response(req.id, result)
 
 
-async def session_new(proxy: Proxy, client: ClientConnection, req: Request) -> None:
+async def session_new(hub: Hub, client: ClientConnection, req: Request) -> None:
     members = object_members(req.params)
     cwd = get_str(members, "cwd")
     if cwd is None or not os.path.isabs(cwd):
         raise LocalProtocolError(
             'Invalid params: session/new needs "cwd", an absolute path', INVALID_PARAMS
         )
-    received = time.monotonic()
-    env = proxy.process_env(client)
-    agent, setup = await proxy.acquire_agent(cwd, env)
-    now = time.time()
-    record = SessionRecord(
-        id="sess_" + secrets.token_hex(16),  # 128 random bits, minted by the proxy
-        cwd=cwd,
-        agent_profile=proxy.config.agent_profile,
-        mcp_servers=bytes(members.get("mcpServers", b"[]")),
-        additional_directories=(
-            bytes(members["additionalDirectories"]) if "additionalDirectories" in members else None
-        ),
-        created_at=now,
-        updated_at=now,
-    )
-    session = Session(proxy, record, env=env)
-    session.held = []  # early updates wait until the client has the session id
-    await proxy.store.commit([PutSession(record)])
-    agent.handler = session
-    session.agent = agent
-    started = time.monotonic()
-    try:
-        result = await agent.call("session/new", req.params)
-    except (AgentError, AgentExited) as exc:
-        await proxy.store.commit([DeleteSession(record.id)])
-        agent.handler = UNBOUND
-        if isinstance(exc, AgentError):
-            if agent.alive:
-                proxy.pool.spares.append(agent)
-            client.send_error(req.id, exc.reply.code, exc.reply.message, raw=exc.reply.error)
-        else:
-            client.send_error(
-                req.id, INTERNAL_ERROR, f"session/new failed: {exc}", exc.info.as_data()
-            )
-        return
-    upstream = result.get("sessionId")
-    if not isinstance(upstream, str):
-        agent.stop()
-        await proxy.store.commit([DeleteSession(record.id)])
-        raise LocalProtocolError(
-            "the agent answered session/new without a sessionId", INTERNAL_ERROR
-        )
-    setup.session_init_ms = (time.monotonic() - started) * 1000
-    session.upstream_id = upstream
-    session.record = msgspec.structs.replace(session.record, upstream_session_id=upstream)
-    session.setup = setup
-    ops: list[Any] = [UpdateSession(record.id, time.time(), upstream_session_id=upstream)]
-    if isinstance(result.get("modes"), dict):
-        session.record = msgspec.structs.replace(
-            session.record, modes=_encoder.encode(result["modes"])
-        )
-        ops.append(UpdateSession(record.id, time.time(), modes=session.record.modes))
-    if isinstance(result.get("configOptions"), list):
-        session.set_config_options(_encoder.encode(result["configOptions"]), ops)
-    await proxy.store.commit(ops)
-    proxy.sessions[record.id] = session
-    session.log.info(
-        "session.created",
-        upstream_session_id=upstream,
-        agent=setup.agent,
-        agent_pid=agent.pid,
-        cwd=cwd,
-        setup_ms=round((time.monotonic() - received) * 1000, 3),
-    )
-    result["sessionId"] = record.id
-    if proxy.config.client_profile == "open-design":
-        result["openCodeSessionId"] = record.id  # the durable handle the daemon stores
-    session.attach(client)
+    owner = hub.new_session(cwd, req.params, hub.process_env(client.env))
+    result = await owner.create(client, req.params)
+    session = owner.session
+    result["sessionId"] = session.id
+    if hub.config.client_profile == "open-design":
+        result["openCodeSessionId"] = session.id  # the durable handle the daemon stores
     client.send_response(req.id, result)
-    session.release_held()
+    session.release_held(client)
 
 
 def session_state(session: Session) -> dict[str, Raw]:
@@ -187,26 +135,26 @@ def session_state(session: Session) -> dict[str, Raw]:
     return state
 
 
-async def session_load(proxy: Proxy, client: ClientConnection, req: Request) -> None:
-    await attach(proxy, client, req, replay=True)
+async def session_load(hub: Hub, client: ClientConnection, req: Request) -> None:
+    await attach(hub, client, req, replay=True)
 
 
-async def session_resume(proxy: Proxy, client: ClientConnection, req: Request) -> None:
-    await attach(proxy, client, req, replay=False)
+async def session_resume(hub: Hub, client: ClientConnection, req: Request) -> None:
+    await attach(hub, client, req, replay=False)
 
 
-async def attach(proxy: Proxy, client: ClientConnection, req: Request, *, replay: bool) -> None:
+async def attach(hub: Hub, client: ClientConnection, req: Request, *, replay: bool) -> None:
     started = time.monotonic()
-    session = await proxy.ready_session(req.params, client, check_cwd=True)
+    session = await hub.ready_session(req.params, hub.process_env(client.env), check_cwd=True)
     state = session_state(session)
-    if proxy.config.client_profile == "open-design":
+    if hub.config.client_profile == "open-design":
         # This daemon treats any update before its prompt as new output: no replay, and
         # the result names the session (it fails the run otherwise).
         replay = False
         state["sessionId"] = state["openCodeSessionId"] = Raw(_encoder.encode(session.id))
     await session.replay_to(client, replay=replay)
     client.send_response(req.id, _encoder.encode(state))
-    session.release_held()
+    session.release_held(client)
     session.log.info(
         "session.attached",
         client=client.number,
@@ -215,43 +163,115 @@ async def attach(proxy: Proxy, client: ClientConnection, req: Request, *, replay
     )
 
 
-async def session_prompt(proxy: Proxy, client: ClientConnection, req: Request) -> None:
+async def session_prompt(hub: Hub, client: ClientConnection, req: Request) -> None:
     received = time.monotonic()
-    session = await proxy.ready_session(req.params, client)
-    if session.turn is not None:
+    env = hub.process_env(client.env)
+    session = await hub.ready_session(req.params, env)
+    if session.turn is None and not session.prompt_queue:
+        await _run_turn(hub, session, client, req, env, received, None)
+        return
+    # Another turn runs: queue in order now (a session/cancel read after this line answers
+    # it cancelled), and wait beside the reader so the connection goes on meanwhile.
+    waiter, generation = _enqueue(hub, session)
+    assert client.tg is not None
+
+    async def when_its_turn(hub: Hub, client: ClientConnection, req: Request) -> None:
+        try:
+            await waiter.wait()
+        except BaseException:
+            _leave_queue(session, waiter)
+            raise
+        if session.cancel_generation != generation:
+            _leave_queue(session, waiter)
+            client.send_response(req.id, b'{"stopReason":"cancelled"}')
+            return
+        await _run_turn(hub, session, client, req, env, received, waiter)
+
+    client.tg.start_soon(run_guarded, hub, when_its_turn, client, req)
+
+
+def _enqueue(hub: Hub, session: Session) -> tuple[anyio.Event, int]:
+    """Queue a prompt behind the running turn (FIFO, bounded)."""
+    turn = session.turn
+    if len(session.prompt_queue) >= hub.config.max_queued_prompts:
         raise LocalProtocolError(
-            f"session {session.id} is already running turn {session.turn.seq}; one prompt "
-            "at a time per session: wait for its response or send session/cancel",
+            f"session {session.id} is running turn {turn.seq if turn else '?'} with "
+            f"{len(session.prompt_queue)} prompts queued behind it (max_queued_prompts); wait "
+            "for a response or send session/cancel",
             SESSION_BUSY,
-            {"kind": "turn_in_progress", "sessionId": session.id, "turn": session.turn.seq},
+            {
+                "kind": "turn_in_progress",
+                "sessionId": session.id,
+                "turn": turn.seq if turn else None,
+            },
         )
-    ops = session.begin_turn(client, req, received)
+    if turn is not None and turn.client.closed:
+        # Nobody waits for the running turn's answer any more (its client was killed without
+        # a session/cancel): cancel it rather than queue behind it.
+        session.log.info("turn.abandoned_cancelled", turn=turn.seq)
+        session.cancel_turn()
+    waiter = anyio.Event()
+    session.prompt_queue.append(waiter)
+    return waiter, session.cancel_generation
+
+
+def _leave_queue(session: Session, waiter: anyio.Event) -> None:
+    session.prompt_queue.remove(waiter)
+    if session.turn is None and session.prompt_queue:
+        session.prompt_queue[0].set()  # the next one may go
+
+
+async def _run_turn(
+    hub: Hub,
+    session: Session,
+    client: ClientConnection,
+    req: Request,
+    env: dict[str, str],
+    received: float,
+    waiter: anyio.Event | None,
+) -> None:
     try:
-        # Queued now, in order before anything the agent answers; the prompt goes out
-        # without waiting for the disk (the commit is awaited right after).
-        pending = proxy.store.submit(ops)
-    except BaseException:
-        session.turn = None
-        raise
-    user_last_seq = session.forward_prompt(req)
+        for _attempt in range(3):  # bounded: the agent may die between two turns
+            if session.state is State.LIVE:
+                break
+            session.require_not_deleted()
+            await hub.owners[session.id].ensure_live(env)
+        else:
+            raise LocalProtocolError(
+                f"session {session.id} lost its agent three times in a row; try again",
+                INTERNAL_ERROR,
+                {"kind": "agent_unstable", "sessionId": session.id},
+            )
+        ops = session.begin_turn(client, req, received)
+        try:
+            # Queued now, in order before anything the agent answers; the prompt goes out
+            # without waiting for the disk (the commit is awaited right after).
+            pending = hub.store.submit(ops)
+        except BaseException:
+            session.abort_turn()
+            raise
+        user_last_seq = session.forward_prompt(req)
+    finally:
+        if waiter is not None:
+            _leave_queue(session, waiter)
     try:
-        await proxy.store.wait_committed(pending)
+        await hub.store.wait_committed(pending)
     except StoreError:
         session.log.exception("store.commit_failed", what="turn start")
     session.mark_delivered(user_last_seq)
 
 
-async def session_cancel_request(proxy: Proxy, client: ClientConnection, req: Request) -> None:
+async def session_cancel_request(hub: Hub, client: ClientConnection, req: Request) -> None:
     # Some clients send session/cancel as a request (open-design): honour and answer it.
     sid = session_id_of(req.params)
-    session = proxy.sessions.get(sid or "")
+    session = hub.sessions.get(sid or "")
     if session is not None:
         session.cancel_turn()
     client.send_response(req.id, b"{}")
 
 
 async def session_forward(
-    proxy: Proxy,
+    hub: Hub,
     client: ClientConnection,
     req: Request,
     on_success: Callable[[Session, Response, Batch], None] | None = None,
@@ -262,7 +282,7 @@ async def session_forward(
             "by params.sessionId, and this one has none)",
             METHOD_NOT_FOUND,
         )
-    session = await proxy.ready_session(req.params, client)
+    session = await hub.ready_session(req.params, hub.process_env(client.env))
     agent = session.agent
     assert agent is not None and session.upstream_id is not None
     params = rewrite_members(object_members(req.params), sessionId=session.upstream_id)
@@ -282,17 +302,17 @@ async def session_forward(
     client.inflight[req.id] = (agent, agent.send_request(req.method, params, on_reply))
 
 
-async def session_set_mode(proxy: Proxy, client: ClientConnection, req: Request) -> None:
+async def session_set_mode(hub: Hub, client: ClientConnection, req: Request) -> None:
     mode_id = get_str(object_members(req.params), "modeId")
 
     def remember(session: Session, reply: Response, batch: Batch) -> None:
         if mode_id is not None:
             session.set_current_mode(mode_id, batch.ops)
 
-    await session_forward(proxy, client, req, remember)
+    await session_forward(hub, client, req, remember)
 
 
-async def session_set_config_option(proxy: Proxy, client: ClientConnection, req: Request) -> None:
+async def session_set_config_option(hub: Hub, client: ClientConnection, req: Request) -> None:
     def remember(session: Session, reply: Response, batch: Batch) -> None:
         try:
             options = object_members(reply.result).get("configOptions")
@@ -301,13 +321,13 @@ async def session_set_config_option(proxy: Proxy, client: ClientConnection, req:
         if options is not None:
             session.set_config_options(bytes(options), batch.ops)
 
-    await session_forward(proxy, client, req, remember)
+    await session_forward(hub, client, req, remember)
 
 
-async def session_list(proxy: Proxy, client: ClientConnection, req: Request) -> None:
+async def session_list(hub: Hub, client: ClientConnection, req: Request) -> None:
     members = object_members(req.params)
     try:
-        records, next_cursor = await proxy.store.list_sessions(
+        records, next_cursor = await hub.store.list_sessions(
             cwd=get_str(members, "cwd"), cursor=get_str(members, "cursor")
         )
     except ValueError:
@@ -335,38 +355,28 @@ async def session_list(proxy: Proxy, client: ClientConnection, req: Request) -> 
     client.send_response(req.id, result)
 
 
-async def session_close(proxy: Proxy, client: ClientConnection, req: Request) -> None:
+async def session_close(hub: Hub, client: ClientConnection, req: Request) -> None:
     sid = session_id_of(req.params)
     if sid is None:
         raise LocalProtocolError('Invalid params: "sessionId" is required', INVALID_PARAMS)
-    session = proxy.sessions.get(sid)
-    if session is None and await proxy.store.get_session(sid) is None:
-        raise LocalProtocolError(
-            f"Resource not found: no session {sid}", RESOURCE_NOT_FOUND, {"sessionId": sid}
-        )
-    if session is not None:
-        end_agent(proxy, session)
-    await proxy.store.commit([UpdateSession(sid, time.time(), state="closed")])
+    _session, owner = await hub.session(sid)
+    await owner.close()
     client.send_response(req.id, b"{}")
 
 
-async def session_delete(proxy: Proxy, client: ClientConnection, req: Request) -> None:
+async def session_delete(hub: Hub, client: ClientConnection, req: Request) -> None:
     sid = session_id_of(req.params)
     if sid is None:
         raise LocalProtocolError('Invalid params: "sessionId" is required', INVALID_PARAMS)
-    session = proxy.sessions.pop(sid, None)
-    if session is not None:
-        end_agent(proxy, session)
-    # Deleting an unknown session succeeds silently (session-delete.mdx).
-    await proxy.store.commit([DeleteSession(sid)])
+    try:
+        _session, owner = await hub.session(sid)
+    except LocalProtocolError as exc:
+        if exc.code != RESOURCE_NOT_FOUND:
+            raise
+        # Deleting an unknown session succeeds silently (session-delete.mdx).
+    else:
+        await owner.delete()
     client.send_response(req.id, b"{}")
-
-
-def end_agent(proxy: Proxy, session: Session) -> None:
-    if session.turn is not None:
-        session.cancel_turn()
-    proxy.log_session(session, "session.closed")
-    session.retire_agent()
 
 
 METHODS: Final[dict[str, MethodHandler]] = {
@@ -384,5 +394,41 @@ METHODS: Final[dict[str, MethodHandler]] = {
     "session/close": session_close,
     "session/delete": session_delete,
 }
+
+
+async def run_guarded(
+    hub: Hub, handler: MethodHandler, client: ClientConnection, req: Request
+) -> None:
+    """Run a handler; a :class:`ProtocolError` it raises becomes the request's error answer."""
+    try:
+        await handler(hub, client, req)
+    except AgentRefused as exc:
+        client.send_error(req.id, exc.code, exc.message, raw=exc.raw)
+    except ProtocolError as exc:
+        if hub.config.client_profile == "open-design" and _is_lost_session(req, exc):
+            # The daemon drops its handle on resume_failed and re-runs the turn with its
+            # own transcript on a new session.
+            client.send_error(
+                req.id,
+                INVALID_REQUEST,
+                "the resumed session could not be loaded",
+                {
+                    "kind": "resume_failed",
+                    "phase": "session_load" if req.method != "session/prompt" else "prompt",
+                    "retryable": True,
+                    "reason": exc.message,
+                },
+            )
+            return
+        client.send_error(req.id, exc.code, exc.message, exc.data)
+
+
+def _is_lost_session(req: Request, exc: ProtocolError) -> bool:
+    """An unknown session, or one no rung of the restore ladder could bring back."""
+    return req.method in ("session/load", "session/resume", "session/prompt") and (
+        exc.code == RESOURCE_NOT_FOUND
+    )
+
+
 #: Slow handlers (they may spawn an agent) run beside the connection's reader.
 BACKGROUND: Final = frozenset({"session/new", "authenticate"})

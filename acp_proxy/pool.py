@@ -4,11 +4,19 @@ Every agent is spawned in the proxy's task group (never a client's), initialized
 the fixed client capability set, and, if a client authenticated, authenticated the same way.
 Warm spares hide the agent's start-up (≈1.5 s for opencode) from ``session/new`` and give a
 client's ``initialize`` the agent command's capabilities.
+
+``max_live_agents`` bounds the agents that serve (or are being bound to) conversations, from
+the moment one is asked for until its process has exited: an agent being started or stopped
+counts. When every slot is taken, the least recently used idle conversation is asked to give
+its agent up (``make_room``, supplied by the layer above) and the request waits for a slot, up
+to ``agent_start_timeout_s``, then fails with ``kind: "at_capacity"``. Spares are counted
+apart (``warm_spares``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,11 +55,19 @@ class AgentPool:
         config: Config,
         tg: TaskGroup,
         store: SessionStore,
+        make_room: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config
         self.tg = tg
         self._store = store
+        #: asks the least recently used idle conversation to stop its agent; False: none is
+        self._make_room = make_room
         self.spares: list[AgentProcess] = []
+        #: agents handed out for conversations and not exited yet, plus reservations
+        self.bound = 0
+        self._waiting = 0
+        self._room_coming = 0
+        self._slot_freed = anyio.Event()
         #: the agent command's ``initialize`` result, learnt from the first agent started
         self.agent_info: dict[str, Any] | None = None
         self._info_lock = anyio.Lock()
@@ -104,12 +120,23 @@ class AgentPool:
                 {"kind": "agent_spawn_failed", "command": config.agent_command},
             ) from None
         try:
+            await self._initialize(agent, command)
+        except BaseException:
+            # Cancelled (or failed) half way: the process is ours, never left running alone.
+            agent.stop()
+            raise
+        if self.agent_info is None:
+            self.agent_info = agent.initialize_result
+        return agent
+
+    async def _initialize(self, agent: AgentProcess, command: str) -> None:
+        config = self.config
+        try:
             with anyio.fail_after(config.agent_start_timeout_s):
                 await agent.initialize(config.client_capabilities)
                 if self.auth_params is not None:
                     await agent.call("authenticate", self.auth_params)
         except TimeoutError:
-            agent.stop()
             raise AgentStartError(
                 f"the agent `{command}` did not answer initialize within "
                 f"{config.agent_start_timeout_s} s; is it an ACP agent on stdio?",
@@ -123,24 +150,36 @@ class AgentPool:
                 {**exc.info.as_data(), "kind": "agent_start_failed"},
             ) from None
         except AgentError as exc:
-            agent.stop()
             raise AgentStartError(
                 f"the agent `{command}` refused initialize: {exc}",
                 INTERNAL_ERROR,
                 {"kind": "agent_start_failed"},
             ) from None
-        if self.agent_info is None:
-            self.agent_info = agent.initialize_result
-        return agent
 
     async def acquire(
         self, cwd: str, env: dict[str, str] | None = None
     ) -> tuple[AgentProcess, SetupTimings]:
-        """A warm spare if one is ready (then a replacement is started), else a fresh agent.
+        """A warm spare if one is ready (then a replacement is started), else a fresh agent;
+        within ``max_live_agents`` (see the module docstring).
 
         Spares run with the proxy's own environment: a session that needs per-process values
         (``env``) gets a fresh agent.
+
+        Raises:
+            AgentStartError: no slot freed in time, or the agent could not be started.
         """
+        await self._reserve_slot()
+        try:
+            agent, setup = await self._take_or_spawn(cwd, env)
+        except BaseException:
+            self._release_slot()
+            raise
+        agent.exit_callbacks.append(self._on_bound_exit)
+        return agent, setup
+
+    async def _take_or_spawn(
+        self, cwd: str, env: dict[str, str] | None
+    ) -> tuple[AgentProcess, SetupTimings]:
         while self.spares and not env:
             agent = self.spares.pop(0)
             if agent.alive:
@@ -149,6 +188,63 @@ class AgentPool:
                 return agent, SetupTimings("spare")
         agent = await self.spawn(cwd, env)
         return agent, SetupTimings("cold", cli_ready_ms=agent.cli_ready_ms)
+
+    def give_back(self, agent: AgentProcess) -> None:
+        """An agent handed out by :meth:`acquire` that holds no conversation: it becomes a
+        spare again if it runs with the proxy's own environment and a spare is missing,
+        else it is stopped. Its slot is free either way."""
+        if self._on_bound_exit in agent.exit_callbacks:
+            agent.exit_callbacks.remove(self._on_bound_exit)
+            self._release_slot()
+        if agent.alive and agent.env is None and len(self.spares) < self.config.warm_spares:
+            self.spares.append(agent)
+        else:
+            agent.stop()
+
+    async def _reserve_slot(self) -> None:
+        cap = self.config.max_live_agents
+        if self.bound < cap:
+            self.bound += 1
+            return
+        self._waiting += 1
+        try:
+            with anyio.fail_after(self.config.agent_start_timeout_s):
+                while self.bound >= cap:
+                    if self._room_coming < self._waiting and self._make_room():
+                        self._room_coming += 1
+                    freed = self._slot_freed
+                    await freed.wait()
+        except TimeoutError:
+            self.log.warning(
+                "agents.at_capacity",
+                bound=self.bound,
+                cap=cap,
+                hint="every agent is busy: raise max_live_agents or add memory",
+            )
+            raise AgentStartError(
+                f"all {cap} agent slots (max_live_agents) stayed busy for "
+                f"{self.config.agent_start_timeout_s} s; try again later",
+                INTERNAL_ERROR,
+                {"kind": "at_capacity", "maxLiveAgents": cap},
+            ) from None
+        finally:
+            self._waiting -= 1
+        self.bound += 1
+
+    def _release_slot(self) -> None:
+        self.bound -= 1
+        self._room_coming = max(0, self._room_coming - 1)
+        self._slot_freed.set()
+        self._slot_freed = anyio.Event()
+
+    def _on_bound_exit(self, agent: AgentProcess) -> None:
+        self._release_slot()
+
+    def room_changed(self) -> None:
+        """A conversation became idle: a waiter may now make room."""
+        if self._waiting:
+            self._slot_freed.set()
+            self._slot_freed = anyio.Event()
 
     async def ensure_agent_info(self) -> dict[str, Any]:
         """The agent command's ``initialize`` result, spawning a spare to learn it if needed."""

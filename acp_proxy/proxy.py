@@ -1,51 +1,41 @@
-"""The hub: sessions, their agents, and the dispatch of what clients send.
+"""The dispatcher: what clients send, in which order, to which handler.
 
 To a client the proxy is an ACP agent. Each request goes to its handler in ``methods.py``
-(``initialize`` answered from the agent command's capabilities, ``session/new`` binding a warm
-spare to a proxy-minted 128-bit id, later calls forwarded to the same warm process with ids and
-``sessionId`` rewritten per hop, ``session/load`` and ``session/resume`` served from the
-store). Here: the session table and restoring a session on first use, idle eviction and the
-live-agent cap, the order messages are handled in, and shutdown.
+(``initialize`` answered from the agent command's capabilities, ``session/new`` binding an
+agent to a proxy-minted 128-bit id, later calls forwarded to the same warm process with ids
+and ``sessionId`` rewritten per hop, ``session/load`` and ``session/resume`` served from the
+store). The conversations themselves live in the :class:`~acp_proxy.hub.Hub`, each with an
+owner task. Here: the order messages are handled in, notifications, and turning errors into
+answers.
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from typing import Any, Final
 
-import anyio
 import msgspec
 from anyio.abc import TaskGroup
-from msgspec import Raw
 
-from store import SqliteStore
+from store import SessionStore
 
-from .agent import AgentProcess
-from .attach import ENV_METHOD
 from .client import ClientConnection
 from .config import Config
+from .extensions import ENV_METHOD
+from .hub import Hub
 from .logs import get_logger
-from .methods import BACKGROUND, METHODS, MethodHandler, session_forward, session_id_of
-from .pool import AgentPool, SetupTimings
+from .methods import BACKGROUND, METHODS, run_guarded, session_forward, session_id_of
 from .protocol import (
-    INVALID_PARAMS,
-    INVALID_REQUEST,
     MALFORMED_JSON,
     METHOD_NOT_FOUND,
-    RESOURCE_NOT_FOUND,
     Call,
-    LocalProtocolError,
     Notification,
     ProtocolError,
     Request,
     RequestId,
-    get_str,
     object_members,
     rewrite_members,
 )
-from .restore import restore_session
-from .session import STATE_KINDS, Session
 
 __all__ = ["Proxy"]
 
@@ -61,79 +51,20 @@ class _CancelParams(msgspec.Struct):
 
 
 class Proxy:
-    """Everything the proxy knows; one per ``serve``."""
+    """Dispatches every connection's messages; one per ``serve``."""
 
-    def __init__(self, config: Config, store: SqliteStore, tg: TaskGroup) -> None:
+    def __init__(self, config: Config, store: SessionStore, tg: TaskGroup) -> None:
         self.config = config
-        self.store = store
-        self.tg = tg
-        self.sessions: dict[str, Session] = {}
-        self.pool = AgentPool(config, tg, store)
+        self.hub = Hub(config, store, tg)
         self._clients = 0
         self.log = get_logger(component="proxy")
-
-    # -- agents ------------------------------------------------------------------------------
-
-    async def run_reaper(self) -> None:
-        """Stop agents idle for longer than ``idle_timeout_s`` (bounded loop: runs until the
-        proxy's task group is cancelled)."""
-        ttl = self.config.idle_timeout_s
-        if ttl <= 0:
-            return
-        while True:
-            await anyio.sleep(min(max(ttl / 4, 0.05), 30.0))
-            now = time.monotonic()
-            for session in list(self.sessions.values()):
-                if session.evictable and now - session.last_active >= ttl:
-                    self.evict(session, "idle")
-
-    def evict(self, session: Session, reason: str) -> None:
-        """Stop the agent of an idle session; it is restored on next use."""
-        agent = session.retire_agent()
-        session.log.info(
-            "session.evicted",
-            reason=reason,
-            idle_s=round(time.monotonic() - session.last_active, 3),
-            agent_pid=agent.pid if agent else None,
-        )
-
-    def make_room(self) -> None:
-        """Before a session gets an agent: stop least recently used idle ones over the cap."""
-        live = [s for s in self.sessions.values() if s.live]
-        excess = len(live) + 1 - self.config.max_live_agents
-        if excess <= 0:
-            return
-        idle = sorted((s for s in live if s.evictable), key=lambda s: s.last_active)
-        for session in idle[:excess]:
-            self.evict(session, "max_live_agents")
-        if excess > len(idle):
-            self.log.warning(
-                "agents.over_cap",
-                live=len(live),
-                cap=self.config.max_live_agents,
-                hint="every live agent is busy; raise max_live_agents or add memory",
-            )
-
-    async def acquire_agent(
-        self, cwd: str, env: dict[str, str] | None = None
-    ) -> tuple[AgentProcess, SetupTimings]:
-        """An initialized agent for a conversation, within ``max_live_agents``."""
-        self.make_room()
-        return await self.pool.acquire(cwd, env)
-
-    def process_env(self, client: ClientConnection | None) -> dict[str, str]:
-        """The per-process variables a client brought (see ``Config.per_process_env``)."""
-        if client is None:
-            return {}
-        wanted = self.config.per_process_env
-        return {name: value for name, value in client.env.items() if name in wanted}
 
     # -- dispatch ----------------------------------------------------------------------------
 
     def new_client(self, stream: Any) -> ClientConnection:
         """A connection was accepted."""
         self._clients += 1
-        return ClientConnection(self, stream, self._clients)
+        return ClientConnection(self, self.config, stream, self._clients)
 
     async def handle(self, client: ClientConnection, msg: Call) -> None:
         """Handle one request or notification from a client.
@@ -177,7 +108,7 @@ class Proxy:
         return session_id_of(msg.params)
 
     def _needs_restore(self, sid: str) -> bool:
-        session = self.sessions.get(sid)
+        session = self.hub.sessions.get(sid)
         return session is None or not session.live
 
     async def _drain_gate(self, client: ClientConnection, sid: str, gate: deque[Call]) -> None:
@@ -209,32 +140,9 @@ class Proxy:
                 )
                 return
         if msg.method in BACKGROUND and client.tg is not None:
-            client.tg.start_soon(self._guarded, handler, client, msg)
+            client.tg.start_soon(run_guarded, self.hub, handler, client, msg)
         else:
-            await self._guarded(handler, client, msg)
-
-    async def _guarded(
-        self, handler: MethodHandler, client: ClientConnection, req: Request
-    ) -> None:
-        try:
-            await handler(self, client, req)
-        except ProtocolError as exc:
-            if self.config.client_profile == "open-design" and _is_lost_session(req, exc):
-                # The daemon drops its handle on resume_failed and re-runs the turn with its
-                # own transcript on a new session.
-                client.send_error(
-                    req.id,
-                    INVALID_REQUEST,
-                    "the resumed session could not be loaded",
-                    {
-                        "kind": "resume_failed",
-                        "phase": "session_load" if req.method != "session/prompt" else "prompt",
-                        "retryable": True,
-                        "reason": exc.message,
-                    },
-                )
-                return
-            client.send_error(req.id, exc.code, exc.message, exc.data)
+            await run_guarded(self.hub, handler, client, msg)
 
     def _handle_notification(self, client: ClientConnection, msg: Notification) -> None:
         if msg.method == ENV_METHOD:
@@ -246,7 +154,7 @@ class Proxy:
             client.env = env
             client.log.info("client.env", names=sorted(env))
         elif msg.method == "session/cancel":
-            session = self.sessions.get(session_id_of(msg.params) or "")
+            session = self.hub.sessions.get(session_id_of(msg.params) or "")
             if session is not None:
                 session.cancel_turn()
         elif msg.method == "$/cancel_request":
@@ -262,79 +170,13 @@ class Proxy:
                     "$/cancel_request", _encoder.encode({"requestId": entry[1]})
                 )
         elif msg.method.startswith("_"):
-            session = self.sessions.get(session_id_of(msg.params) or "")
+            session = self.hub.sessions.get(session_id_of(msg.params) or "")
             if session is not None and session.live:
                 assert session.agent is not None and session.upstream_id is not None
                 params = rewrite_members(object_members(msg.params), sessionId=session.upstream_id)
                 session.agent.send_notification(msg.method, params)
         else:
             client.log.debug("client.notification_ignored", method=msg.method)
-
-    async def ready_session(
-        self, params: Raw, client: ClientConnection | None = None, *, check_cwd: bool = False
-    ) -> Session:
-        """The session named in ``params``, with a live agent (restored if it was gone).
-
-        Raises:
-            LocalProtocolError: no such session (-32002), wrong cwd (-32602), or
-                :class:`RestoreFailed` when no rung of the restore ladder worked.
-        """
-        members = object_members(params)
-        sid = get_str(members, "sessionId")
-        if sid is None:
-            raise LocalProtocolError(
-                'Invalid params: "sessionId" (string) is required', INVALID_PARAMS
-            )
-        session = self.sessions.get(sid) or await self._session_from_store(sid)
-        cwd = get_str(members, "cwd")
-        if check_cwd and cwd is not None and cwd != session.record.cwd:
-            raise LocalProtocolError(
-                f"Invalid params: session {sid} belongs to cwd {session.record.cwd!r}, "
-                f"not {cwd!r}; sessions are bound to their cwd",
-                INVALID_PARAMS,
-                {"sessionId": sid, "cwd": session.record.cwd},
-            )
-        env = self.process_env(client)
-        if session.live and env and env != session.env and session.turn is None:
-            # The agent process runs under another turn's billing/tracing values: restart it
-            # through the restore ladder rather than bill this turn to the previous one.
-            session.log.info("session.env_changed", names=sorted(env))
-            session.retire_agent()
-        if env:
-            session.env = env
-        if not session.live:
-            async with session.lock:
-                if not session.live:
-                    await restore_session(
-                        self,
-                        session,
-                        mcp_servers=members.get("mcpServers"),
-                        additional_directories=members.get("additionalDirectories"),
-                    )
-        return session
-
-    async def _session_from_store(self, sid: str) -> Session:
-        # Sessions come back on first use: a restart restores nothing eagerly.
-        record = await self.store.get_session(sid)
-        if record is None:
-            raise LocalProtocolError(
-                f"Resource not found: no session {sid}; create one with session/new",
-                RESOURCE_NOT_FOUND,
-                {"sessionId": sid},
-            )
-        last_seq = await self.store.last_event_seq(sid)
-        turn_seq = await self.store.last_turn_seq(sid)
-        state = await self.store.last_events_of_kinds(sid, sorted(STATE_KINDS))
-        if sid in self.sessions:  # another connection got here first
-            return self.sessions[sid]
-        session = Session(self, record, last_seq=last_seq, turn_seq=turn_seq)
-        session.delivered_seq = last_seq
-        for kind, payload in state.items():
-            update = object_members(payload).get("update")
-            if update is not None:
-                session.last_state[kind] = bytes(update)
-        self.sessions[sid] = session
-        return session
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -345,35 +187,8 @@ class Proxy:
         client.sessions.clear()
         client.inflight.clear()
 
-    def log_session(self, session: Session, event: str) -> None:
-        """The canonical line per session."""
-        agent = session.agent
-        session.log.info(
-            event,
-            turns=session.turns_completed,
-            updates_recorded=session.updates_recorded,
-            events=session.last_seq,
-            agent_pid=agent.pid if agent else None,
-            live_s=round(time.monotonic() - session.created_mono, 3),
-        )
-
-    def shutdown(self) -> None:
-        """Stop every agent (spares included); log each session's line."""
-        for session in self.sessions.values():
-            self.log_session(session, "session.stopped")
-            if session.agent is not None:
-                session.agent.stop()
-        self.pool.stop()
-
 
 #: Messages that never wait in a session's gate (no session, or handled beside the reader).
 _UNGATED: Final = frozenset(
     {"initialize", "authenticate", "session/new", "session/list", ENV_METHOD}
 )
-
-
-def _is_lost_session(req: Request, exc: ProtocolError) -> bool:
-    """An unknown session, or one no rung of the restore ladder could bring back."""
-    return req.method in ("session/load", "session/resume", "session/prompt") and (
-        exc.code == RESOURCE_NOT_FOUND
-    )

@@ -13,27 +13,28 @@ primitive it advertises (design §3.3):
 
 Then the session's mode and config options (model) are re-applied. The rung taken is reported
 in the next turn's timings (``agent: restored:<rung>``) and logged.
+
+Only the session's owner task calls :func:`restore_session` (``owner.py``), so a client that
+leaves cancels nothing of it; if it fails or is cancelled anyway (proxy shutdown) the agent it
+took is stopped and the session is left unbound, never half bound.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-import anyio
 import msgspec
 from msgspec import Raw
 
-from store import FinishTurn, UpdateSession
+from store import FinishTurn, SessionStore, UpdateSession
 
 from .agent import AgentError, AgentExited, AgentProcess
-from .pool import SetupTimings
+from .lifecycle import Event
+from .pool import AgentPool, SetupTimings
 from .protocol import RESOURCE_NOT_FOUND, LocalProtocolError
 from .session import Session
 from .transcript import seed_block
-
-if TYPE_CHECKING:
-    from .proxy import Proxy
 
 __all__ = ["RestoreFailed", "restore_session"]
 
@@ -62,7 +63,7 @@ def _bind_params(
 
 
 async def _rebind(
-    proxy: Proxy, session: Session, agent: AgentProcess, params: dict[str, Any]
+    session: Session, agent: AgentProcess, params: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
     """Try the rungs in order; returns the rung name and the agent's answer."""
     upstream = session.record.upstream_session_id
@@ -90,11 +91,11 @@ async def _rebind(
         )
     session.upstream_id = result["sessionId"]
     updates = []
-    for payload in await proxy.store.event_payloads(session.id):
+    for payload in await session.store.event_payloads(session.id):
         update = _decoder.decode(payload).get("update")
         if isinstance(update, dict):
             updates.append(update)
-    session.seed = seed_block(session.id, updates, include_thoughts=proxy.config.seed_thoughts)
+    session.seed = seed_block(session.id, updates, include_thoughts=session.config.seed_thoughts)
     if failures:
         session.log.info("restore.fell_back_to_new", failures=failures)
     return "new", result
@@ -134,46 +135,55 @@ async def _reapply_state(session: Session, agent: AgentProcess, answer: dict[str
     if isinstance(final, list):
         session.set_config_options(_encoder.encode(final), ops)
     if ops:
-        await session.proxy.store.commit(ops)
+        await session.store.commit(ops)
 
 
 async def restore_session(
-    proxy: Proxy,
     session: Session,
+    pool: AgentPool,
     *,
     mcp_servers: Raw | None = None,
     additional_directories: Raw | None = None,
 ) -> None:
-    """Give ``session`` a live agent again (see the module docstring).
+    """Give an UNBOUND ``session`` a live agent again (see the module docstring):
+    UNBOUND → BINDING → LIVE, or back to UNBOUND with the agent stopped.
 
     Raises:
         RestoreFailed: every rung failed or the agent could not start; ``data.kind`` is
             ``restore_failed``.
     """
     started = time.monotonic()
-    retiring, session.retiring = session.retiring, None
-    if retiring is not None:
-        # Some agents hold a session in one process at a time (acp-notes §10).
-        with anyio.move_on_after(3 * proxy.config.kill_grace_s + 1):
-            await retiring.exited.wait()
-    if session.turn is None:
-        await _settle_unfinished_turn(proxy, session)
-    agent, setup = await proxy.acquire_agent(session.record.cwd, session.env)
-    agent.handler = session
-    session.agent = agent
-    session.quiet_state = True
-    session.drained = 0
-    params = _bind_params(session, mcp_servers, additional_directories)
+    session.lifecycle.handle(Event.BIND)
+    agent: AgentProcess | None = None
     try:
-        rung, answer = await _rebind(proxy, session, agent, params)
+        if session.turn is None:
+            await _settle_unfinished_turn(session.store, session)
+        agent, setup = await pool.acquire(session.record.cwd, session.env)
+        agent.handler = session
+        session.agent = agent
+        session.drained = 0
+        params = _bind_params(session, mcp_servers, additional_directories)
+        rung, answer = await _rebind(session, agent, params)
         await _reapply_state(session, agent, answer)
-    except RestoreFailed:
-        agent.stop()
-        session.agent = None
-        raise
-    except Exception as exc:  # whatever went wrong, the client gets an answer, not silence
-        agent.stop()
+        session.record = msgspec.structs.replace(
+            session.record, upstream_session_id=session.upstream_id, state="active"
+        )
+        await session.store.commit(
+            [
+                UpdateSession(
+                    session.id, time.time(), upstream_session_id=session.upstream_id, state="active"
+                )
+            ]
+        )
+    except BaseException as exc:
+        # Unbind whatever happened: the agent taken is stopped (its slot frees when it has
+        # exited), the session is UNBOUND and the next use starts over.
+        if agent is not None:
+            agent.stop()
         session.agent = session.upstream_id = session.seed = None
+        session.lifecycle.handle(Event.BIND_FAILED)
+        if isinstance(exc, LocalProtocolError) or not isinstance(exc, Exception):
+            raise  # RestoreFailed, AgentStartError (at capacity, cannot start), cancellation
         if not isinstance(exc, AgentError | AgentExited):
             session.log.exception("restore.crashed")
         raise RestoreFailed(
@@ -181,21 +191,11 @@ async def restore_session(
             RESOURCE_NOT_FOUND,
             {"kind": "restore_failed", "sessionId": session.id, "reason": str(exc)},
         ) from None
-    session.quiet_state = True
-    session.record = msgspec.structs.replace(
-        session.record, upstream_session_id=session.upstream_id, state="active"
-    )
+    session.lifecycle.handle(Event.BOUND)
     session.setup = SetupTimings(
         f"restored:{rung}",
         cli_ready_ms=setup.cli_ready_ms,
         session_init_ms=(time.monotonic() - started) * 1000 - setup.cli_ready_ms,
-    )
-    await proxy.store.commit(
-        [
-            UpdateSession(
-                session.id, time.time(), upstream_session_id=session.upstream_id, state="active"
-            )
-        ]
     )
     session.log.info(
         "session.restored",
@@ -208,10 +208,10 @@ async def restore_session(
     )
 
 
-async def _settle_unfinished_turn(proxy: Proxy, session: Session) -> None:
+async def _settle_unfinished_turn(store: SessionStore, session: Session) -> None:
     """A turn left ``running`` by a dead agent or proxy has an unknown outcome: say so."""
-    turns = await proxy.store.turns(session.id)
+    turns = await store.turns(session.id)
     if turns and turns[-1].outcome == "running":
-        await proxy.store.commit(
+        await store.commit(
             [FinishTurn(session.id, turns[-1].seq, time.time(), None, "unknown", None, None)]
         )

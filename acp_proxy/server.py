@@ -97,8 +97,8 @@ async def serve(config: Config) -> None:
                         log.exception("client.crashed")
 
                 tg.start_soon(listener.serve, handle, tg)
-                proxy.pool.start_spares()
-                tg.start_soon(proxy.run_reaper)
+                proxy.hub.pool.start_spares()
+                tg.start_soon(proxy.hub.run_reaper)
                 log.info(
                     "ready",
                     socket=str(path),
@@ -110,7 +110,7 @@ async def serve(config: Config) -> None:
                 try:
                     await anyio.sleep_forever()
                 finally:
-                    proxy.shutdown()
+                    proxy.hub.shutdown()
         finally:
             path.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink at shutdown)
     log.info("serve.stopped", uptime_s=round(time.monotonic() - started, 3))

@@ -1,14 +1,19 @@
 """``acp-proxy sessions list|show|export|delete|prune``: the store from the command line.
 
-Safe beside a running proxy (SQLite WAL: readers never block it). Deleting a session that a
-running proxy still serves is refused by nothing here: prefer ACP ``session/delete`` for live
-sessions; ``prune`` only touches sessions idle for the given time.
+Safe beside a running proxy (SQLite WAL: readers never block it). ``delete`` with ``--socket``
+(or ``$ACP_PROXY_SOCKET``) goes through the running proxy as ACP ``session/delete``, so the
+proxy stops the session's agent and nothing can revive it; without a socket it edits the
+database directly (for a stopped proxy). ``prune`` only touches sessions idle for the given
+time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -58,6 +63,12 @@ def add_parser(sub: Any, db_default: str | None) -> None:
     export.add_argument("session_id")
     delete = cmd.add_parser("delete", help="remove sessions with their history")
     delete.add_argument("session_ids", nargs="+")
+    delete.add_argument(
+        "--socket",
+        default=os.environ.get("ACP_PROXY_SOCKET"),
+        help="delete through the running proxy on this socket, which also stops the agents "
+        "(default: $ACP_PROXY_SOCKET)",
+    )
     prune = cmd.add_parser("prune", help="remove sessions idle for longer than a duration")
     prune.add_argument(
         "--older-than", type=parse_duration, required=True, help="e.g. 30d, 12h, 90m"
@@ -146,6 +157,35 @@ async def _export(store: SqliteStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _delete_through_proxy(socket_path: str, session_ids: list[str]) -> int:
+    """``session/delete`` each id on a running proxy's socket; returns the exit status."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(socket_path)
+        reader = sock.makefile("rb")
+        status = 0
+        for number, sid in enumerate(session_ids, 1):
+            request = {
+                "jsonrpc": "2.0",
+                "id": number,
+                "method": "session/delete",
+                "params": {"sessionId": sid},
+            }
+            sock.sendall(_encoder.encode(request) + b"\n")
+            while True:  # bounded by the socket timeout: notifications are skipped
+                line = reader.readline()
+                if not line:
+                    sys.stderr.write("acp-proxy sessions delete: the proxy closed the socket\n")
+                    return 1
+                reply = json.loads(line)
+                if reply.get("id") == number:
+                    break
+            if "error" in reply:
+                sys.stderr.write(f"could not delete {sid}: {reply['error'].get('message')}\n")
+                status = 1
+        return status
+
+
 async def _delete(store: SqliteStore, args: argparse.Namespace) -> int:
     missing = [sid for sid in args.session_ids if await store.get_session(sid) is None]
     await store.commit([DeleteSession(sid) for sid in args.session_ids])
@@ -190,6 +230,16 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.db).is_file():
         sys.stderr.write(f"acp-proxy sessions: no database at {args.db}\n")
         return 1
+
+    if args.sessions_command == "delete" and args.socket:
+        try:
+            return _delete_through_proxy(args.socket, args.session_ids)
+        except OSError as exc:
+            sys.stderr.write(
+                f"acp-proxy sessions delete: no proxy answers on {args.socket} ({exc}); "
+                "drop --socket (and ACP_PROXY_SOCKET) to edit a stopped proxy's database\n"
+            )
+            return 1
 
     async def main() -> int:
         async with open_store(args.db) as store:

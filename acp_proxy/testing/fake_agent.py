@@ -21,6 +21,7 @@ Process knobs (command line; those marked * are per-turn defaults, see below):
   --hang                 * send the updates, then never finish the turn until cancelled
   --no-load / --no-resume  do not advertise loadSession / sessionCapabilities.resume
   --exit-at-start CODE     print one stderr line and exit with CODE at once
+  --refuse-new             answer every session/new with a -32603 error
   --stderr-lines N         write N log lines to stderr at startup (0)
   --state-dir DIR          persist sessions as DIR/<sessionId>.json (after session/new and every
                            turn) so another process can session/load or session/resume them
@@ -193,6 +194,19 @@ class Session:
                 }
             ],
         }
+
+
+def _commands_update(session_id: str) -> dict[str, Any]:
+    """The ``available_commands_update`` sent after session/new, load and resume."""
+    commands = {
+        "sessionUpdate": "available_commands_update",
+        "availableCommands": [{"name": "init", "description": "create AGENTS.md"}],
+    }
+    return {
+        "jsonrpc": "2.0",
+        "method": "session/update",
+        "params": {"sessionId": session_id, "update": commands},
+    }
 
 
 async def _wait_for_file(path: str, limit_s: float = 60.0) -> None:
@@ -748,20 +762,13 @@ class Agent:
     async def session_new(self, params: dict[str, Any], rid: Any) -> Any:
         cwd = self._cwd(params)
         await self._init_delay()
+        if self.args.refuse_new:
+            raise RpcError(INTERNAL_ERROR, "session/new refused (--refuse-new)")
         session = Session(id="fake_" + secrets.token_hex(8), cwd=cwd)
         session.bound_with = _binding(params)
         self.sessions[session.id] = session
         self.save(session)
-        commands = {
-            "sessionUpdate": "available_commands_update",
-            "availableCommands": [{"name": "init", "description": "create AGENTS.md"}],
-        }
-        after = {
-            "jsonrpc": "2.0",
-            "method": "session/update",
-            "params": {"sessionId": session.id, "update": commands},
-        }
-        return {"sessionId": session.id, **session.setup()}, [after]
+        return {"sessionId": session.id, **session.setup()}, [_commands_update(session.id)]
 
     async def session_load(self, params: dict[str, Any], rid: Any, replay: bool = True) -> Any:
         cwd = self._cwd(params)
@@ -788,7 +795,8 @@ class Agent:
                         },
                     },
                 )
-        return session.setup()
+        # Like opencode: the available commands again after every load or resume.
+        return session.setup(), [_commands_update(session.id)]
 
     async def session_resume(self, params: dict[str, Any], rid: Any) -> Any:
         return await self.session_load(params, rid, replay=False)
@@ -917,6 +925,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fs-read", default=None, metavar="PATH")
     p.add_argument("--no-load", action="store_true")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--refuse-new", action="store_true")
     p.add_argument("--crash-after", type=int, default=None, metavar="N")
     p.add_argument("--hang", action="store_true")
     p.add_argument("--exit-at-start", type=int, default=None, metavar="CODE")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -64,6 +65,10 @@ def summary(reply_updates: list[dict[str, Any]]) -> str:
 
 @pytest.fixture
 def tmp() -> Iterator[Path]:
-    """A short temporary directory (unix socket paths are limited to ~100 bytes)."""
+    """A short temporary directory (unix socket paths are limited to ~100 bytes); kept for a
+    look at the proxy's log when ``ACP_PROXY_KEEP_TMP`` is set."""
+    if os.environ.get("ACP_PROXY_KEEP_TMP"):
+        yield Path(tempfile.mkdtemp(prefix="acpx-"))
+        return
     with tempfile.TemporaryDirectory(prefix="acpx-") as directory:
         yield Path(directory)

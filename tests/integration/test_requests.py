@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -88,19 +89,50 @@ async def test_cancel_request_is_translated_per_hop(tmp: Path) -> None:
         assert reply.result["stopReason"] == "cancelled"
 
 
-async def test_second_prompt_during_a_turn_is_refused(tmp: Path) -> None:
-    """One prompt at a time per session: the second gets a clear error, the first goes on."""
+async def test_a_second_prompt_waits_for_the_running_turn(tmp: Path) -> None:
+    """One turn at a time per session: a second prompt is queued and runs once the first has
+    ended, and the connection goes on serving other requests meanwhile."""
+    go = tmp / "go"
+    directive = "fake:" + json.dumps({"chunks": 3, "pause_after": 1, "pause_until": str(go)})
     async with proxy(tmp) as p, client(p) as c:
+        sid = await c.new_session(str(tmp))
+        first = await c.start_prompt(sid, directive)
+        await c.wait_for(_is_update("agent_message_chunk"))
+        second = await c.start_prompt(sid, "me too")
+        assert (await c.request("session/list", {})).error is None  # not stuck behind it
+        assert not any(m.get("id") in (first, second) for m in c.messages)
+        go.touch()
+        with trio.fail_after(10):
+            one = await c.wait_reply(first)
+            two = await c.wait_reply(second)
+        assert one.result["stopReason"] == two.result["stopReason"] == "end_turn"
+        assert "turn 1;" in summary(one.updates()) and "turn 2;" in summary(two.updates())
+        ids = [m.get("id") for m in c.messages]
+        assert ids.index(first) < ids.index(second)
+        assert db_rows(p.db, "SELECT seq, outcome FROM turns") == [
+            (1, "completed"),
+            (2, "completed"),
+        ]
+
+
+async def test_a_full_prompt_queue_refuses_and_cancel_answers_the_queued(tmp: Path) -> None:
+    """Past max_queued_prompts a prompt gets -32010 turn_in_progress; session/cancel answers
+    the running turn and every queued prompt ``cancelled`` without running them."""
+    config = tmp / "proxy.toml"
+    config.write_text("max_queued_prompts = 1\n")
+    async with proxy(tmp, extra_args=("--config", str(config))) as p, client(p) as c:
         sid = await c.new_session(str(tmp))
         ident = await c.start_prompt(sid, 'fake:{"hang": true}')
         await c.wait_for(_is_update("agent_message_chunk"))
-        second = await c.prompt(sid, "me too")
-        assert second.error["code"] == -32010
-        assert second.error["data"] == {"kind": "turn_in_progress", "sessionId": sid, "turn": 1}
-        assert "one prompt at a time" in second.error["message"]
+        queued = await c.start_prompt(sid, "queued")
+        third = await c.prompt(sid, "one too many")
+        assert third.error["code"] == -32010
+        assert third.error["data"] == {"kind": "turn_in_progress", "sessionId": sid, "turn": 1}
         await c.notify("session/cancel", {"sessionId": sid})
         with trio.fail_after(5):
             assert (await c.wait_reply(ident)).result["stopReason"] == "cancelled"
+            assert (await c.wait_reply(queued)).result["stopReason"] == "cancelled"
+        assert db_rows(p.db, "SELECT seq, outcome FROM turns") == [(1, "cancelled")]
 
 
 async def test_agent_request_with_no_client_attached_is_answered(tmp: Path) -> None:

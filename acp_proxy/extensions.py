@@ -1,0 +1,11 @@
+"""The proxy's own ACP extension methods (``_acp-proxy/…``): names shared by the bridge and
+the server, with no imports so the bridge stays cheap to start."""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["ENV_METHOD"]
+
+#: Extension notification a bridge sends first: ``{"env": {NAME: value}}``.
+ENV_METHOD: Final = "_acp-proxy/env"

@@ -1,0 +1,225 @@
+"""The session table: every conversation the proxy knows, each with its owner task.
+
+Sessions come back on first use (a restart restores nothing eagerly): :meth:`Hub.session`
+loads one from the store and starts its owner. Idle eviction and making room under
+``max_live_agents`` are single synchronous steps on sessions that are LIVE and idle
+(:meth:`Session.retire`); everything that awaits goes through the session's owner.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from typing import Any, Final
+
+import anyio
+from anyio.abc import TaskGroup
+from msgspec import Raw
+
+from store import SessionRecord, SessionStore
+
+from .config import Config
+from .logs import get_logger
+from .owner import SessionOwner
+from .pool import AgentPool
+from .protocol import (
+    INVALID_PARAMS,
+    RESOURCE_NOT_FOUND,
+    LocalProtocolError,
+    get_str,
+    object_members,
+)
+from .session import STATE_KINDS, Session
+
+__all__ = ["Hub"]
+
+#: Deleted session ids remembered, so that a late request names them as deleted.
+_TOMBSTONES: Final = 10_000
+
+
+class Hub:
+    """Everything the proxy knows about its conversations; one per ``serve``."""
+
+    def __init__(self, config: Config, store: SessionStore, tg: TaskGroup) -> None:
+        self.config = config
+        self.store = store
+        self.tg = tg
+        #: live and known conversations (bound or not), by proxy session id
+        self.sessions: dict[str, Session] = {}
+        self.owners: dict[str, SessionOwner] = {}
+        self.deleted: dict[str, None] = {}
+        self.pool = AgentPool(config, tg, store, make_room=self._make_room)
+        self.log = get_logger(component="hub")
+
+    # -- the table ---------------------------------------------------------------------------
+
+    def _own(self, session: Session) -> SessionOwner:
+        owner = SessionOwner(
+            session, self.pool, on_created=self._on_created, on_deleted=self._on_deleted
+        )
+        session.on_idle = self.pool.room_changed
+        self.owners[session.id] = owner
+        self.tg.start_soon(owner.run, name=f"owner {session.id}")
+        return owner
+
+    def _on_created(self, session: Session) -> None:
+        self.sessions[session.id] = session
+
+    def _on_deleted(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        self.owners.pop(session.id, None)
+        self.deleted[session.id] = None
+        while len(self.deleted) > _TOMBSTONES:
+            del self.deleted[next(iter(self.deleted))]
+        self.log_session(session, "session.closed")
+
+    def new_session(self, cwd: str, params: Raw, env: dict[str, str]) -> SessionOwner:
+        """A conversation about to be created; its owner binds it (``SessionOwner.create``)."""
+        members = object_members(params)
+        now = time.time()
+        record = SessionRecord(
+            id="sess_" + secrets.token_hex(16),  # 128 random bits, minted by the proxy
+            cwd=cwd,
+            agent_profile=self.config.agent_profile,
+            mcp_servers=bytes(members.get("mcpServers", b"[]")),
+            additional_directories=(
+                bytes(members["additionalDirectories"])
+                if "additionalDirectories" in members
+                else None
+            ),
+            created_at=now,
+            updated_at=now,
+        )
+        return self._own(Session(self.config, self.store, record, env=env))
+
+    async def session(self, sid: str) -> tuple[Session, SessionOwner]:
+        """The session ``sid`` with its owner, loaded from the store on first use.
+
+        Raises:
+            LocalProtocolError: -32002, no such session.
+        """
+        session = self.sessions.get(sid)
+        if session is None:
+            if sid in self.deleted:
+                raise _not_found(sid, "was deleted")
+            session = await self._session_from_store(sid)
+        return session, self.owners[session.id]
+
+    async def _session_from_store(self, sid: str) -> Session:
+        record = await self.store.get_session(sid)
+        if record is None:
+            raise _not_found(sid, "does not exist; create one with session/new")
+        last_seq = await self.store.last_event_seq(sid)
+        turn_seq = await self.store.last_turn_seq(sid)
+        state = await self.store.last_events_of_kinds(sid, sorted(STATE_KINDS))
+        if sid in self.sessions:  # another connection got here first
+            return self.sessions[sid]
+        if sid in self.deleted:
+            raise _not_found(sid, "was deleted")
+        session = Session(self.config, self.store, record, last_seq=last_seq, turn_seq=turn_seq)
+        session.delivered_seq = last_seq
+        for kind, payload in state.items():
+            update = object_members(payload).get("update")
+            if update is not None:
+                session.last_state[kind] = bytes(update)
+        self.sessions[sid] = session
+        self._own(session)
+        return session
+
+    async def ready_session(
+        self, params: Raw, env: dict[str, str], *, check_cwd: bool = False
+    ) -> Session:
+        """The session named in ``params``, with a live agent (restored by its owner if it
+        was gone).
+
+        Raises:
+            LocalProtocolError: no such session (-32002), wrong cwd (-32602), or
+                ``RestoreFailed`` when no rung of the restore ladder worked.
+        """
+        members = object_members(params)
+        sid = get_str(members, "sessionId")
+        if sid is None:
+            raise LocalProtocolError(
+                'Invalid params: "sessionId" (string) is required', INVALID_PARAMS
+            )
+        session, owner = await self.session(sid)
+        cwd = get_str(members, "cwd")
+        if check_cwd and cwd is not None and cwd != session.record.cwd:
+            raise LocalProtocolError(
+                f"Invalid params: session {sid} belongs to cwd {session.record.cwd!r}, "
+                f"not {cwd!r}; sessions are bound to their cwd",
+                INVALID_PARAMS,
+                {"sessionId": sid, "cwd": session.record.cwd},
+            )
+        session.touch()
+        if not session.live or (env and env != session.env and session.turn is None):
+            await owner.ensure_live(
+                env,
+                mcp_servers=members.get("mcpServers"),
+                additional_directories=members.get("additionalDirectories"),
+            )
+        return session
+
+    def process_env(self, client_env: dict[str, str]) -> dict[str, str]:
+        """The per-process variables a client brought (see ``Config.per_process_env``)."""
+        wanted = self.config.per_process_env
+        return {name: value for name, value in client_env.items() if name in wanted}
+
+    # -- agents ------------------------------------------------------------------------------
+
+    async def run_reaper(self) -> None:
+        """Stop agents idle for longer than ``idle_timeout_s`` (bounded loop: runs until the
+        proxy's task group is cancelled)."""
+        ttl = self.config.idle_timeout_s
+        if ttl <= 0:
+            return
+        while True:
+            await anyio.sleep(min(max(ttl / 4, 0.05), 30.0))
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if session.evictable and now - session.last_active >= ttl:
+                    session.retire("idle")
+
+    def _make_room(self) -> bool:
+        """Stop the least recently used idle agent (an agent slot frees once it has exited);
+        False when every live conversation is busy."""
+        idle = [s for s in self.sessions.values() if s.evictable]
+        if not idle:
+            return False
+        min(idle, key=lambda s: s.last_active).retire("max_live_agents")
+        return True
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def log_session(self, session: Session, event: str) -> None:
+        """The canonical line per session."""
+        agent = session.agent
+        session.log.info(
+            event,
+            turns=session.turns_completed,
+            updates_recorded=session.updates_recorded,
+            events=session.last_seq,
+            agent_pid=agent.pid if agent else None,
+            state=session.state.value,
+            live_s=round(time.monotonic() - session.created_mono, 3),
+        )
+
+    def shutdown(self) -> None:
+        """Stop every agent (spares included); log each session's line."""
+        for session in self.sessions.values():
+            self.log_session(session, "session.stopped")
+            if session.agent is not None:
+                session.agent.stop()
+        self.pool.stop()
+
+
+def _not_found(sid: str, why: str) -> LocalProtocolError:
+    return LocalProtocolError(
+        f"Resource not found: session {sid} {why}", RESOURCE_NOT_FOUND, {"sessionId": sid}
+    )
+
+
+def is_absolute_cwd(cwd: Any) -> bool:
+    """``cwd`` is an absolute path string (what ACP requires)."""
+    return isinstance(cwd, str) and os.path.isabs(cwd)
