@@ -1,4 +1,4 @@
-"""Command line: ``acp-proxy serve|attach|sessions|demo``."""
+"""Command line: ``acp-proxy serve|attach|status|health|sessions|demo``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import anyio
 
-from . import sessions_cli
+from . import __version__, ops_cli, sessions_cli
 from .config import ConfigError, load_config
 from .logs import configure_logging
 
@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         description="A long-lived ACP sidecar: one warm agent per conversation, "
         "every session recorded in SQLite.",
     )
+    parser.add_argument("--version", action="version", version=f"acp-proxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
         "serve",
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("agent", nargs=argparse.REMAINDER, help="-- AGENT_COMMAND [ARGS...]")
     sessions_cli.add_parser(sub, os.environ.get("ACP_PROXY_DB"))
+    ops_cli.add_parsers(sub, os.environ.get("ACP_PROXY_SOCKET"))
     demo = sub.add_parser(
         "demo", help="run the proxy end to end on its embedded defaults (SQLite + fake agent)"
     )
@@ -89,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sessions":
         return sessions_cli.run(args)
+    if args.command in ("status", "health"):
+        return ops_cli.run(args)
     if args.command == "demo":
         from .demo import main as demo_main
 

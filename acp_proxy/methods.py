@@ -21,6 +21,7 @@ from msgspec import Raw
 
 from store import DeleteSession, PutSession, SessionRecord, StoreError, UpdateSession
 
+from . import __version__
 from .agent import UNBOUND, AgentError, AgentExited, Batch
 from .client import ClientConnection
 from .protocol import (
@@ -39,6 +40,7 @@ from .protocol import (
     rewrite_members,
 )
 from .session import Session
+from .status import STATUS_METHOD, handle_status
 
 if TYPE_CHECKING:
     from .proxy import Proxy
@@ -82,7 +84,7 @@ async def initialize(proxy: Proxy, client: ClientConnection, req: Request) -> No
     }
     if "agentInfo" in info:
         result["agentInfo"] = info["agentInfo"]
-    result["_meta"] = {"acp-proxy": {"version": "0.1.0"}}
+    result["_meta"] = {"acp-proxy": {"version": __version__}}
     client.send_response(req.id, result)
 
 
@@ -383,6 +385,7 @@ METHODS: Final[dict[str, MethodHandler]] = {
     "session/list": session_list,
     "session/close": session_close,
     "session/delete": session_delete,
+    STATUS_METHOD: handle_status,
 }
 #: Slow handlers (they may spawn an agent) run beside the connection's reader.
 BACKGROUND: Final = frozenset({"session/new", "authenticate"})

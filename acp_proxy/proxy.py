@@ -70,6 +70,11 @@ class Proxy:
         self.sessions: dict[str, Session] = {}
         self.pool = AgentPool(config, tg, store)
         self._clients = 0
+        #: connected clients (status, metrics, the drain's last flush)
+        self.clients: set[ClientConnection] = set()
+        #: set when SIGTERM starts the drain: requests for new work are refused
+        self.stopping = False
+        self.started = time.monotonic()
         self.log = get_logger(component="proxy")
 
     # -- agents ------------------------------------------------------------------------------
@@ -133,7 +138,9 @@ class Proxy:
     def new_client(self, stream: Any) -> ClientConnection:
         """A connection was accepted."""
         self._clients += 1
-        return ClientConnection(self, stream, self._clients)
+        client = ClientConnection(self, stream, self._clients)
+        self.clients.add(client)
+        return client
 
     async def handle(self, client: ClientConnection, msg: Message) -> None:
         """Handle one request or notification from a client.
@@ -340,6 +347,7 @@ class Proxy:
 
     def on_client_closed(self, client: ClientConnection) -> None:
         """A client went away: its sessions keep their agents; pending asks are answered."""
+        self.clients.discard(client)
         for session in list(client.sessions):
             session.detach(client)
         client.sessions.clear()
