@@ -51,6 +51,17 @@ def _parser() -> argparse.ArgumentParser:
         choices=["standard", "open-design"],
         help="how clients are answered (default: standard ACP)",
     )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, how long running turns may finish before they are cancelled (25)",
+    )
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
     serve.add_argument("agent", nargs=argparse.REMAINDER, help="-- AGENT_COMMAND [ARGS...]")
     sessions_cli.add_parser(sub, os.environ.get("ACP_PROXY_DB"))
     ops_cli.add_parsers(sub, os.environ.get("ACP_PROXY_SOCKET"))
@@ -122,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warm_spares=args.warm_spares,
             log_level=args.log_level,
             client_profile=args.client_profile,
+            drain_timeout_s=args.drain_timeout,
+            metrics_address=args.metrics,
             per_process_env=[n.strip() for n in args.per_process_env.split(",") if n.strip()]
             if args.per_process_env
             else None,

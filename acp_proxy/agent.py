@@ -458,6 +458,11 @@ class AgentProcess:
         return self.process is not None and not self._stopping and not self.exited.is_set()
 
     @property
+    def undelivered(self) -> int:
+        """Batches of output decided and waiting for their commit or delivery."""
+        return self._undelivered
+
+    @property
     def pending_requests(self) -> int:
         """Requests sent to the agent and not answered yet."""
         return len(self._pending)

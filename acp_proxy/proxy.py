@@ -25,6 +25,7 @@ from .agent import AgentProcess
 from .attach import ENV_METHOD
 from .client import ClientConnection
 from .config import Config
+from .drain import refuses_while_stopping, stopping_error
 from .logs import get_logger
 from .methods import BACKGROUND, METHODS, MethodHandler, session_forward, session_id_of
 from .pool import AgentPool, SetupTimings
@@ -203,6 +204,9 @@ class Proxy:
                 client.log.warning("client.bad_notification", method=msg.method, error=exc.message)
             return
         assert isinstance(msg, Request)
+        if self.stopping and refuses_while_stopping(msg.method):
+            client.send_error(msg.id, *stopping_error(msg.method))
+            return
         handler = METHODS.get(msg.method)
         if handler is None:
             if msg.method.startswith("_"):

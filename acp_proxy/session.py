@@ -557,6 +557,32 @@ class Session:
             )
         self.answer_forwarded(lambda fwd: fwd.method == "session/request_permission")
 
+    def abandon_turn(self) -> tuple[Turn, list[Any]] | None:
+        """End the running turn without waiting for its answer (the proxy is stopping): the
+        agent gets ``session/cancel`` and its late answer is ignored. Returns the turn and its
+        store write (outcome ``cancelled``); answering the client is the caller's."""
+        turn = self.turn
+        if turn is None:
+            return None
+        self.cancel_turn()
+        self.turn = None
+        if self.agent is not None:
+            self.agent.forget_request(turn.agent_request_id)
+        turn.client.inflight.pop(turn.client_id, None)
+        timings = self._timings(turn, time.monotonic())
+        self.turns_completed += 1
+        self.log.info(
+            "turn.finished",
+            outcome="cancelled",
+            stop_reason="proxy_stopping",
+            updates=turn.updates,
+            **timings,
+        )
+        finish = FinishTurn(
+            self.id, turn.seq, time.time(), None, "cancelled", _encoder.encode(timings), None
+        )
+        return turn, [finish]
+
     def _on_prompt_reply(self, reply: Response | ErrorResponse, batch: Batch) -> None:
         turn = self.turn
         if turn is None:

@@ -1,0 +1,118 @@
+"""Graceful drain: what ``serve`` does between SIGTERM and stopping the agents.
+
+Theory of operation
+-------------------
+1. The proxy is marked *stopping*. It still accepts connections (a client that connects gets
+   an answer it can act on, not a refused connect), but every request that would start new
+   work gets error ``-32012`` with ``data.kind = "proxy_stopping"``: only ``session/cancel``
+   and ``_acp-proxy/status`` are still served. Notifications and answers to the agents'
+   requests (permissions) flow as before, so running turns can finish.
+2. Running turns get up to ``drain_timeout_s`` to finish and deliver: the drain waits until
+   no session is in a turn or being restored, no agent has output waiting for its commit,
+   and every client's outbox is written out.
+3. What is left is cancelled: ``session/cancel`` to the agent, the turn stored as
+   ``cancelled``, and the pending ``session/prompt`` answered with ``proxy_stopping``.
+4. Those answers are flushed (bounded), then the caller stops the agents as before.
+
+A second signal ends step 2 at once (steps 3 and 4 still run: a few milliseconds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from store import StoreError
+
+from .logs import get_logger
+from .protocol import PROXY_STOPPING
+from .status import STATUS_METHOD
+
+if TYPE_CHECKING:
+    from .proxy import Proxy
+
+__all__ = ["drain", "refuses_while_stopping", "stopping_error"]
+
+#: Requests still served while stopping: they start no new work.
+_SERVED_WHILE_STOPPING: Final = frozenset({"session/cancel", STATUS_METHOD})
+#: How often the drain looks whether the proxy is idle (an in-memory check, no I/O).
+_POLL_S: Final = 0.02
+#: Bound on writing out the last answers after the drain.
+_FLUSH_S: Final = 2.0
+
+
+def refuses_while_stopping(method: str) -> bool:
+    """Whether a request for ``method`` is refused once the proxy is stopping."""
+    return method not in _SERVED_WHILE_STOPPING
+
+
+def stopping_error(method: str) -> tuple[int, str, dict[str, Any]]:
+    """``(code, message, data)`` of the answer to a request refused while stopping."""
+    return (
+        PROXY_STOPPING,
+        f"{method} refused: the proxy is stopping (SIGTERM); reconnect to its replacement "
+        "and retry: sessions are restored there",
+        {"kind": "proxy_stopping", "retryable": True},
+    )
+
+
+def _busy(proxy: Proxy) -> bool:
+    for session in proxy.sessions.values():
+        if session.turn is not None or session.lock.locked():
+            return True
+        agent = session.agent
+        if agent is not None and agent.undelivered:
+            return True
+    return not _flushed(proxy)
+
+
+def _flushed(proxy: Proxy) -> bool:
+    return all(client.outbox.idle or client.closed for client in proxy.clients)
+
+
+async def _wait_until(proxy: Proxy, done: Callable[[Proxy], bool]) -> None:
+    # Idle spans sessions, agents and outboxes: no one event says so. A 20 ms poll of
+    # in-memory state, for at most drain_timeout_s, costs nothing worth an event per part.
+    while not done(proxy):  # noqa: ASYNC110 (bounded by the caller's deadline)
+        await anyio.sleep(_POLL_S)
+
+
+async def drain(proxy: Proxy, timeout_s: float, wait: anyio.CancelScope) -> None:
+    """Run steps 1-4 above; cancelling ``wait`` (a second signal) ends step 2 early."""
+    log = get_logger(component="drain")
+    started = time.monotonic()
+    proxy.stopping = True
+    running = sum(1 for s in proxy.sessions.values() if s.turn is not None)
+    log.info("serve.draining", turns=running, timeout_s=timeout_s)
+    with wait, anyio.move_on_after(timeout_s):
+        await _wait_until(proxy, lambda p: not _busy(p))
+    cancelled = 0
+    for session in list(proxy.sessions.values()):
+        abandoned = session.abandon_turn()
+        if abandoned is None:
+            continue
+        turn, ops = abandoned
+        cancelled += 1
+        try:
+            await proxy.store.commit(ops)
+        except StoreError:
+            session.log.exception("store.commit_failed", what="turn cancelled by the drain")
+        code, message, data = stopping_error("session/prompt")
+        data.update({"sessionId": session.id, "turn": turn.seq, "turnOutcome": "cancelled"})
+        message = (
+            f"turn {turn.seq} was cancelled: the proxy is stopping and the turn did not finish "
+            f"within drain_timeout_s ({timeout_s:g} s); its output so far is recorded"
+        )
+        turn.client.send_error(turn.client_id, code, message, data)
+    with anyio.move_on_after(_FLUSH_S):
+        await _wait_until(proxy, _flushed)
+    log.info(
+        "serve.drained",
+        turns_finished=running - cancelled,
+        turns_cancelled=cancelled,
+        skipped=wait.cancel_called,
+        drain_s=round(time.monotonic() - started, 3),
+    )
