@@ -171,6 +171,7 @@ class ClientConnection:
         raw: Raw = EMPTY,
     ) -> None:
         """Answer a request with an error (``raw``: an agent's error object, unchanged)."""
+        self.proxy.metrics.count_error(code, data if raw is EMPTY else {"kind": "agent_error"})
         self.send_nowait(encode_error(ident, code, message, data, raw=raw))
 
     def send_notification(self, method: str, params: Raw | bytes | Any) -> None:

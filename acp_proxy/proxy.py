@@ -28,6 +28,7 @@ from .config import Config
 from .drain import refuses_while_stopping, stopping_error
 from .logs import get_logger
 from .methods import BACKGROUND, METHODS, MethodHandler, session_forward, session_id_of
+from .metrics import Metrics
 from .pool import AgentPool, SetupTimings
 from .protocol import (
     INVALID_PARAMS,
@@ -76,6 +77,7 @@ class Proxy:
         #: set when SIGTERM starts the drain: requests for new work are refused
         self.stopping = False
         self.started = time.monotonic()
+        self.metrics = Metrics()
         self.log = get_logger(component="proxy")
 
     # -- agents ------------------------------------------------------------------------------

@@ -206,6 +206,7 @@ async def restore_session(
         seeded_updates=session.seed["text"].count("\n") - 2 if session.seed else 0,
         ms=round((time.monotonic() - started) * 1000, 3),
     )
+    proxy.metrics.count_restore(rung)
 
 
 async def _settle_unfinished_turn(proxy: Proxy, session: Session) -> None:

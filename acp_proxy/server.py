@@ -22,7 +22,9 @@ from store import SqliteStore, open_store
 from .config import Config
 from .drain import drain
 from .logs import get_logger
+from .metrics import serve_metrics
 from .proxy import Proxy
+from .status import snapshot
 
 __all__ = ["SocketInUseError", "serve"]
 
@@ -123,6 +125,13 @@ async def _serve(
 ) -> None:
     async with listener, anyio.create_task_group() as tg:
         proxy = Proxy(config, store, tg)
+        store.commit_observer = proxy.metrics.observe_store_commit
+        if config.metrics_address:
+            await tg.start(
+                serve_metrics,
+                config.metrics_address,
+                lambda: proxy.metrics.render(snapshot(proxy)),
+            )
         tg.start_soon(_watch_signals, signals, tg, proxy, log)
 
         async def handle(stream: SocketStream) -> None:

@@ -578,6 +578,7 @@ class Session:
             updates=turn.updates,
             **timings,
         )
+        self.proxy.metrics.observe_turn("cancelled", timings)
         finish = FinishTurn(
             self.id, turn.seq, time.time(), None, "cancelled", _encoder.encode(timings), None
         )
@@ -623,6 +624,7 @@ class Session:
             updates=turn.updates,
             **timings,
         )
+        self.proxy.metrics.observe_turn(outcome, timings)
         client = turn.client
         if isinstance(reply, Response):
             meta = object_members(members["_meta"]) if "_meta" in members else {}

@@ -36,6 +36,7 @@ import binascii
 import contextlib
 import os
 import sqlite3
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -251,6 +252,9 @@ class SqliteStore:
         self._batches_failed = 0
         self._ops_committed = 0
         self._checkpoints = 0
+        #: Called with the seconds each transaction took (inline, or on the worker thread
+        #: including the hop): the proxy's ``acp_proxy_store_commit_seconds``.
+        self.commit_observer: Callable[[float], None] | None = None
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -326,9 +330,11 @@ class SqliteStore:
 
     def _commit_now(self, group: list[_Batch]) -> bool:
         """Commit ``group`` on this thread unless the database is locked (then False)."""
+        started = time.perf_counter()
         outcome = _commit_group_sync(self._write, group, wait=False)
         if outcome is None:
             return False
+        self._observe(time.perf_counter() - started)
         self._inline_transactions += outcome.committed
         self._finish(group, outcome)
         self._mark_tick()
@@ -394,6 +400,7 @@ class SqliteStore:
         if inline and self._commit_now(group):
             return
         self._writing = True
+        started = time.perf_counter()
         try:
             outcome = await anyio.to_thread.run_sync(
                 _commit_group_sync, self._write, group, True, checkpoint
@@ -406,7 +413,12 @@ class SqliteStore:
         finally:
             self._writing = False
         assert outcome is not None  # wait=True never gives up on a lock
+        self._observe(time.perf_counter() - started)
         self._finish(group, outcome)
+
+    def _observe(self, seconds: float) -> None:
+        if self.commit_observer is not None:
+            self.commit_observer(seconds)
 
     async def _run_checkpointer(self) -> None:
         """Run a PASSIVE checkpoint (never blocks writers) whenever the writer asks for one."""
