@@ -152,6 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    except Exception as exc:
+        from .failures import explain
+
+        line = explain(exc, config.socket, config.db)
+        if line is None:
+            raise  # not an operational failure: a bug, keep its traceback
+        print(line, file=sys.stderr)
+        return 1
     return 0
 
 
