@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from typing import Final, NamedTuple
 
-__all__ = ["ProcStat", "read_procs", "tree_rss_bytes"]
+__all__ = ["ProcStat", "parse_stat", "read_procs", "tree_pids", "tree_rss_bytes"]
 
 _PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -60,8 +60,8 @@ def read_procs(proc: str = "/proc") -> list[ProcStat]:
     return out
 
 
-def tree_rss_bytes(roots: Iterable[int], procs: list[ProcStat]) -> dict[int, int]:
-    """Resident bytes of each root's tree (0 for a root that is gone). A process counted in
+def tree_pids(roots: Iterable[int], procs: list[ProcStat]) -> dict[int, list[int]]:
+    """The pids of each root's tree (empty for a root that is gone). A process counted in
     one tree is not counted again in another."""
     children: dict[int, list[ProcStat]] = {}
     by_session: dict[int, list[ProcStat]] = {}
@@ -70,9 +70,9 @@ def tree_rss_bytes(roots: Iterable[int], procs: list[ProcStat]) -> dict[int, int
         children.setdefault(p.ppid, []).append(p)
         by_session.setdefault(p.session, []).append(p)
     seen: set[int] = set()
-    result: dict[int, int] = {}
+    result: dict[int, list[int]] = {}
     for root in roots:
-        total = 0
+        pids: list[int] = []
         stack = [by_pid[root]] if root in by_pid else []
         stack.extend(by_session.get(root, []))
         while stack:  # bounded: each process is visited at most once
@@ -80,7 +80,17 @@ def tree_rss_bytes(roots: Iterable[int], procs: list[ProcStat]) -> dict[int, int
             if p.pid in seen:
                 continue
             seen.add(p.pid)
-            total += p.rss_bytes
+            pids.append(p.pid)
             stack.extend(children.get(p.pid, []))
-        result[root] = total
+        result[root] = pids
     return result
+
+
+def tree_rss_bytes(roots: Iterable[int], procs: list[ProcStat]) -> dict[int, int]:
+    """Resident bytes of each root's tree (0 for a root that is gone), per :func:`tree_pids`.
+
+    RSS counts pages shared between processes (an agent binary's code) once per process: an
+    upper bound of what the trees cost together.
+    """
+    rss = {p.pid: p.rss_bytes for p in procs}
+    return {root: sum(rss[pid] for pid in pids) for root, pids in tree_pids(roots, procs).items()}
