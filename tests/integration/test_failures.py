@@ -179,3 +179,21 @@ async def test_sessions_delete_of_an_unknown_id_exits_1(tmp: Path) -> None:
         )
     assert result.returncode == 1
     assert b"no session sess_no" in result.stderr
+
+
+async def test_metrics_port_in_use(world: Path) -> None:
+    """A metrics address already taken is one line naming it, not a traceback."""
+    import socket as socket_module
+
+    with socket_module.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = await trio.run_process(
+            [sys.executable, "-m", "acp_proxy", "serve", "--socket", str(world / "ok" / "p.sock"),
+             "--db", str(world / "ok" / "p.db"), "--warm-spares", "0",
+             "--metrics", f"127.0.0.1:{port}", "--", *fake_agent_command()],
+            capture_stderr=True,
+            check=False,
+        )  # fmt: skip
+    _one_line(result, "cannot listen for metrics", "--metrics")
