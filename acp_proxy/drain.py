@@ -8,13 +8,16 @@ Theory of operation
    and ``_acp-proxy/status`` are still served. Notifications and answers to the agents'
    requests (permissions) flow as before, so running turns can finish.
 2. Running turns get up to ``drain_timeout_s`` to finish and deliver: the drain waits until
-   no session is in a turn or being restored, no agent has output waiting for its commit,
-   and every client's outbox is written out.
+   no session is in a turn or being restored, no request is being handled or waiting for an
+   agent's answer (a ``session/new`` spawning an agent finishes and is answered), no agent
+   has output waiting for its commit, and every client's outbox is written out.
 3. What is left is cancelled: ``session/cancel`` to the agent, the turn stored as
    ``cancelled``, and the pending ``session/prompt`` answered with ``proxy_stopping``.
 4. Those answers are flushed (bounded), then the caller stops the agents as before.
 
-A second signal ends step 2 at once (steps 3 and 4 still run: a few milliseconds).
+A second signal ends step 2 at once (steps 3 and 4 still run: a few milliseconds). Requests
+other than prompts still running when step 2 ends (a ``session/new`` whose agent takes longer
+than the drain to start) are cut when the agents stop: their client sees the connection end.
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ def stopping_error(method: str) -> tuple[int, str, dict[str, Any]]:
 
 
 def _busy(proxy: Proxy) -> bool:
+    # A handler still running (session/new spawning an agent, a load restoring one), or a
+    # request forwarded to an agent and not answered yet: its answer is on the way.
+    if proxy.handling or any(client.inflight for client in proxy.clients):
+        return True
     for session in proxy.sessions.values():
         if session.turn is not None or session.lock.locked():
             return True

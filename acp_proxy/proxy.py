@@ -76,6 +76,8 @@ class Proxy:
         self.clients: set[ClientConnection] = set()
         #: set when SIGTERM starts the drain: requests for new work are refused
         self.stopping = False
+        #: requests whose handler is running (a session/new spawning an agent, a restore)
+        self.handling = 0
         self.started = time.monotonic()
         self.metrics = Metrics()
         self.log = get_logger(component="proxy")
@@ -229,6 +231,7 @@ class Proxy:
     async def _guarded(
         self, handler: MethodHandler, client: ClientConnection, req: Request
     ) -> None:
+        self.handling += 1  # the drain waits for requests being handled
         try:
             await handler(self, client, req)
         except ProtocolError as exc:
@@ -248,6 +251,8 @@ class Proxy:
                 )
                 return
             client.send_error(req.id, exc.code, exc.message, exc.data)
+        finally:
+            self.handling -= 1
 
     def _handle_notification(self, client: ClientConnection, msg: Notification) -> None:
         if msg.method == ENV_METHOD:

@@ -107,3 +107,15 @@ async def test_an_idle_proxy_stops_at_once(tmp: Path) -> None:
         with trio.fail_after(10):  # the drain timeout is 25 s
             await p.process.wait()
     assert _logged(p, "serve.drained")[0]["drain_s"] < 1
+
+
+async def test_a_session_new_in_flight_is_answered(tmp: Path) -> None:
+    """A session/new still being set up when SIGTERM arrives is answered, not cut."""
+    async with proxy(tmp, "--session-init-delay", "1") as p, client(p) as c:
+        ident = await c.send_request("session/new", {"cwd": str(tmp), "mcpServers": []})
+        await trio.sleep(0.2)  # the agent is creating the session (1 s)
+        p.kill(signal.SIGTERM)
+        reply = await c.wait_reply(ident)
+        with trio.fail_after(10):
+            await p.process.wait()
+    assert reply.error is None and reply.result["sessionId"].startswith("sess_")
