@@ -98,7 +98,8 @@ def _reap_agents_with_pidfd() -> None:
 
 
 async def serve(config: Config) -> None:
-    """Run the proxy until SIGINT/SIGTERM: agents are terminated and the store closed."""
+    """Run the proxy until SIGINT/SIGTERM: the drain (drain.py), then agents are terminated
+    and the store closed."""
     log = get_logger(component="serve")
     started = time.monotonic()
     _reap_agents_with_pidfd()
