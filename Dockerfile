@@ -16,10 +16,12 @@
 #   COPY --from=opencode /usr/local/lib/node_modules/opencode-ai/bin/opencode.exe /usr/local/bin/opencode
 #   CMD ["--", "opencode", "acp"]
 #
-# Stopping: SIGTERM makes the proxy close every agent's stdin, then SIGTERM and finally SIGKILL
-# each agent's process group (kill_grace_s = 2 s per step), flush the store and remove the socket.
-# Give it a grace period of at least 10 s (`docker stop -t 30`, compose `stop_grace_period`,
-# Kubernetes `terminationGracePeriodSeconds`).
+# Stopping: SIGTERM starts the drain: new work is refused (proxy_stopping), running turns get up
+# to drain_timeout_s (25 s) to finish, what is left is cancelled and answered; then every agent's
+# stdin is closed, its process group SIGTERMed and finally SIGKILLed (kill_grace_s = 2 s per
+# step), the store flushed and the socket removed. Give it a grace period of 40 s (`docker stop
+# -t 40`: Docker's default is 10 s; compose `stop_grace_period`, Kubernetes
+# `terminationGracePeriodSeconds`), or lower `--drain-timeout` to fit yours.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -82,11 +84,16 @@ VOLUME ["/run/acp", "/var/lib/acp-proxy"]
 
 STOPSIGNAL SIGTERM
 
-# Healthy = the socket accepts connections (the proxy listens as soon as the store is open).
-# Each check is one short client connection (logged as client.connected/disconnected).
-# To move the socket, set ACP_PROXY_SOCKET rather than --socket, so this check follows it.
+# Healthy = the proxy answers an `_acp-proxy/status` request on its socket within 2 s (it
+# listens as soon as the store is open). Each check is one short client connection (logged
+# as client.connected/disconnected). To move the socket, set ACP_PROXY_SOCKET rather than
+# --socket, so this check follows it. (podman's default OCI image format drops HEALTHCHECK:
+# compose.yaml repeats it.)
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import socket,os; s=socket.socket(socket.AF_UNIX); s.settimeout(3); s.connect(os.environ['ACP_PROXY_SOCKET'])"]
+    CMD ["acp-proxy", "health"]
 
-ENTRYPOINT ["acp-proxy", "serve"]
+# umask 0027: the database, its WAL and what agents write under HOME are not world-readable
+# (the socket has its own mode, socket_mode). A shell sets it, then execs the proxy (PID 1 or
+# under --init), which keeps signals going to the proxy itself.
+ENTRYPOINT ["/bin/sh", "-c", "umask 0027 && exec acp-proxy serve \"$@\"", "acp-proxy"]
 CMD ["--", "python", "-m", "acp_proxy.testing.fake_agent"]

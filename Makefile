@@ -70,11 +70,13 @@ test-lowest: $(UV)
 	.venv-lowest/bin/python -m pytest $(PYTEST_ARGS)
 
 # Every benchmark, each writing its section of BENCHMARKS.md (about ten minutes; section 9
-# needs `make opencode` first and is skipped without it).
+# needs `make opencode` first and is skipped without it, and draws its figure with matplotlib,
+# the `bench` extra; section 12 measures the fake agent without it).
 BENCHES := continued_turn restore replay startup overhead throughput bytes_per_turn memory \
-	opencode_turn concurrency
+	opencode_turn concurrency agent_memory
 
 bench: $(STAMP)
+	$(UV) sync --quiet --frozen --inexact --extra test --extra bench --no-build-isolation
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b --write BENCHMARKS.md || status=1; done; \
 	$(BIN)/python -m bench.concurrency --think-ms 500 --write BENCHMARKS.md || status=1; \
 	exit $${status:-0}

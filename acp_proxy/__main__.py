@@ -1,4 +1,4 @@
-"""Command line: ``acp-proxy serve|attach|sessions|demo``."""
+"""Command line: ``acp-proxy serve|attach|status|health|sessions|demo``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import anyio
 
-from . import __version__, sessions_cli
+from . import __version__, ops_cli, sessions_cli
 from .config import ConfigError, load_config
 from .logs import configure_logging
 
@@ -51,8 +51,20 @@ def _parser() -> argparse.ArgumentParser:
         choices=["standard", "open-design"],
         help="how clients are answered (default: standard ACP)",
     )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, how long running turns may finish before they are cancelled (25)",
+    )
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
     serve.add_argument("agent", nargs=argparse.REMAINDER, help="-- AGENT_COMMAND [ARGS...]")
     sessions_cli.add_parser(sub, os.environ.get("ACP_PROXY_DB"))
+    ops_cli.add_parsers(sub, os.environ.get("ACP_PROXY_SOCKET"))
     demo = sub.add_parser(
         "demo", help="run the proxy end to end on its embedded defaults (SQLite + fake agent)"
     )
@@ -90,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sessions":
         return sessions_cli.run(args)
+    if args.command in ("status", "health"):
+        return ops_cli.run(args)
     if args.command == "demo":
         from .demo import main as demo_main
 
@@ -119,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warm_spares=args.warm_spares,
             log_level=args.log_level,
             client_profile=args.client_profile,
+            drain_timeout_s=args.drain_timeout,
+            metrics_address=args.metrics,
             per_process_env=[n.strip() for n in args.per_process_env.split(",") if n.strip()]
             if args.per_process_env
             else None,
@@ -136,6 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    except Exception as exc:
+        from .failures import explain
+
+        line = explain(exc, config.socket, config.db)
+        if line is None:
+            raise  # not an operational failure: a bug, keep its traceback
+        print(line, file=sys.stderr)
+        return 1
     return 0
 
 

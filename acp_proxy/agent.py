@@ -357,12 +357,9 @@ class AgentProcess:
         await process.wait()
 
     async def _terminate(self) -> None:
-        process = self.process
-        if process is None:
-            return
         await self._end_process()
-        # Let stderr finish so the tail explains the exit.
-        if process.stderr is not None:
+        process = self.process
+        if process is not None and process.stderr is not None:  # the tail explains the exit
             with anyio.move_on_after(0.2):
                 async for data in process.stderr:
                     for line in data.decode(errors="replace").splitlines():
@@ -420,6 +417,11 @@ class AgentProcess:
     def alive(self) -> bool:
         """True until the process has ended."""
         return self.process is not None and not self._stopping and not self.exited.is_set()
+
+    @property
+    def undelivered(self) -> int:
+        """Batches of output decided and waiting for their commit or delivery."""
+        return self._undelivered
 
     @property
     def pending_requests(self) -> int:

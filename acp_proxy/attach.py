@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -22,7 +23,6 @@ import msgspec
 from anyio.abc import SocketStream
 
 from .extensions import ENV_METHOD
-from .logs import get_logger
 
 __all__ = ["attach", "dispatch"]
 
@@ -31,13 +31,33 @@ _READ_SIZE = 1 << 16
 
 async def _stdin_to_socket(stream: SocketStream) -> None:
     fd = sys.stdin.fileno()
+    # Pipes, sockets and ttys are waited on by the event loop, then read: a read that can
+    # block lives in no thread, so nothing outlives the bridge once the proxy closes the
+    # socket (a worker blocked in read(0) kept it alive until stdin closed: ~12 s with acpx).
+    # Files (and /dev/null) cannot be polled, but their reads never wait: a thread is fine.
+    pollable = not stat.S_ISREG(os.fstat(fd).st_mode)
     while True:
-        data = await anyio.to_thread.run_sync(os.read, fd, _READ_SIZE, abandon_on_cancel=True)
+        if pollable:
+            try:
+                await anyio.wait_readable(fd)
+            except PermissionError:  # epoll refuses this kind of file
+                pollable = False
+                continue
+            data = _read_or_eof(fd)
+        else:
+            data = await anyio.to_thread.run_sync(_read_or_eof, fd, abandon_on_cancel=True)
         if not data:
             # Half-close: the proxy sees end of input and finishes answering what it got.
             await stream.send_eof()
             return
         await stream.send(data)
+
+
+def _read_or_eof(fd: int) -> bytes:
+    try:
+        return os.read(fd, _READ_SIZE)
+    except OSError:  # stdin closed or broken under us: the same as end of input
+        return b""
 
 
 async def _socket_to_stdout(stream: SocketStream) -> None:
@@ -72,15 +92,14 @@ def dispatch(args: Sequence[str], *, real_binary: str | None, acp_argv: str) -> 
 
 async def attach(socket_path: str, forward_env: Sequence[str] = ()) -> int:
     """Relay stdio to the proxy at ``socket_path`` until the proxy closes the connection."""
-    log = get_logger(component="attach")
     try:
         stream = await anyio.connect_unix(socket_path)
     except OSError as exc:
-        log.error(
-            "attach.connect_failed",
-            socket=socket_path,
-            error=str(exc),
-            hint="is `acp-proxy serve` running with this --socket?",
+        # Plain text: a person reads this, in a terminal or an editor's agent log.
+        reason = exc.strerror or str(exc)
+        sys.stderr.write(
+            f"acp-proxy attach: cannot connect to {socket_path}: {reason}; "
+            "is `acp-proxy serve` running with this --socket?\n"
         )
         return 1
     env = {name: os.environ[name] for name in forward_env if name in os.environ}

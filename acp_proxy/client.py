@@ -80,6 +80,8 @@ class ClientConnection:
         self.tg: TaskGroup | None = None
         self.log = get_logger(client=number)
         self.messages_in = 0
+        #: called with every error answer (the ``acp_proxy_errors_total`` metric)
+        self.on_error: Callable[[int, object], None] = lambda code, data: None
         #: environment the client's bridge forwarded (``acp-proxy attach --forward-env``)
         self.env: dict[str, str] = {}
         #: per session id: messages waiting behind a restore, in order (``Proxy.handle``)
@@ -182,6 +184,7 @@ class ClientConnection:
         raw: Raw = EMPTY,
     ) -> None:
         """Answer a request with an error (``raw``: an agent's error object, unchanged)."""
+        self.on_error(code, data if raw is EMPTY else {"kind": "agent_error"})
         self.send_nowait(encode_error(ident, code, message, data, raw=raw))
 
     def send_notification(self, method: str, params: Raw | bytes | Any) -> None:

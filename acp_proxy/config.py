@@ -95,6 +95,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     seed_thoughts: bool = False
     #: structlog level for the JSON lines on stderr.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: On SIGTERM, running turns get this long to finish and deliver before they are
+    #: cancelled (``proxy_stopping``). 25 s fits inside Kubernetes' default 30 s grace
+    #: period, with room for stopping the agents after it.
+    drain_timeout_s: float = 25.0
+    #: ``HOST:PORT`` to serve Prometheus metrics at ``/metrics``; empty: off. Bind loopback
+    #: (or the pod's address) only: the metrics name no secrets but are nobody else's business.
+    metrics_address: str = ""
 
 
 def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config:
@@ -126,4 +133,15 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config
         raise ConfigError(
             "idle_timeout_s must be >= 0, max_live_agents >= 1 and max_queued_prompts >= 0"
         )
+    if config.drain_timeout_s < 0:
+        raise ConfigError("drain_timeout_s must be >= 0")
+    if config.metrics_address and not _valid_address(config.metrics_address):
+        raise ConfigError(
+            f"metrics_address {config.metrics_address!r} is not HOST:PORT (e.g. 127.0.0.1:9464)"
+        )
     return config
+
+
+def _valid_address(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)

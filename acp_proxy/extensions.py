@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ENV_METHOD"]
+__all__ = ["ENV_METHOD", "STATUS_METHOD"]
 
 #: Extension notification a bridge sends first: ``{"env": {NAME: value}}``.
 ENV_METHOD: Final = "_acp-proxy/env"
+
+#: Extension request answered by the proxy itself (never forwarded to an agent): what it is
+#: doing (``acp-proxy status``, ``acp-proxy health``).
+STATUS_METHOD: Final = "_acp-proxy/status"

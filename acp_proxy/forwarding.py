@@ -27,9 +27,11 @@ from .protocol import (
     Request,
     RequestId,
     Response,
+    object_members,
+    rewrite_members,
 )
 
-__all__ = ["CANCELLED_OUTCOME", "ForwardedRequest", "Forwarding"]
+__all__ = ["CANCELLED_OUTCOME", "ForwardedRequest", "Forwarding", "with_session_id"]
 
 _encoder: Final = msgspec.json.Encoder()
 _any_decoder: Final = msgspec.json.Decoder()
@@ -148,3 +150,14 @@ class Forwarding:
             else:
                 self.answer_unattached(fwd.agent, fwd.agent_id, fwd.method, fwd.params)
         return count
+
+
+def with_session_id(params: Raw, session_id: str) -> bytes | Raw:
+    """``params`` with its ``sessionId`` member (if any) set to the proxy's id."""
+    try:
+        members = object_members(params)
+    except Exception:
+        return params
+    if "sessionId" in members:
+        return rewrite_members(members, sessionId=session_id)
+    return params

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
@@ -50,15 +51,23 @@ class Hub:
         self.owners: dict[str, SessionOwner] = {}
         self.deleted: dict[str, None] = {}
         self.pool = AgentPool(config, tg, store, make_room=self._make_room)
+        #: metrics hooks (``metrics.Metrics`` when serving): a turn ended, a restore's rung
+        self.on_turn: Callable[[str, dict[str, Any]], None] = lambda outcome, timings: None
+        self.on_restored: Callable[[str], None] = lambda rung: None
         self.log = get_logger(component="hub")
 
     # -- the table ---------------------------------------------------------------------------
 
     def _own(self, session: Session) -> SessionOwner:
         owner = SessionOwner(
-            session, self.pool, on_created=self._on_created, on_deleted=self._on_deleted
+            session,
+            self.pool,
+            on_created=self._on_created,
+            on_deleted=self._on_deleted,
+            on_restored=lambda rung: self.on_restored(rung),
         )
         session.on_idle = self.pool.room_changed
+        session.observe_turn = lambda outcome, timings: self.on_turn(outcome, timings)
         self.owners[session.id] = owner
         self.tg.start_soon(owner.run, name=f"owner {session.id}")
         return owner

@@ -23,6 +23,7 @@ from msgspec import Raw
 
 from store import StoreError
 
+from . import __version__
 from .agent import AgentError, Batch
 from .client import ClientConnection
 from .hub import Hub
@@ -92,7 +93,7 @@ async def initialize(hub: Hub, client: ClientConnection, req: Request) -> None:
     }
     if "agentInfo" in info:
         result["agentInfo"] = info["agentInfo"]
-    result["_meta"] = {"acp-proxy": {"version": "0.1.0"}}
+    result["_meta"] = {"acp-proxy": {"version": __version__}}
     client.send_response(req.id, result)
 
 

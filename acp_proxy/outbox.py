@@ -43,6 +43,11 @@ class Outbox:
         """True once :meth:`close` was called; later sends are dropped."""
         return self._closed
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being written: every byte sent so far is out."""
+        return not self._chunks and not self._sending
+
     def send_nowait(self, data: bytes) -> None:
         """Queue ``data``. Dropped silently once closed (the peer is gone).
 

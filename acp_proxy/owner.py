@@ -73,11 +73,13 @@ class SessionOwner:
         *,
         on_created: Callable[[Session], None],
         on_deleted: Callable[[Session], None],
+        on_restored: Callable[[str], None] = lambda rung: None,
     ) -> None:
         self.session = session
         self.pool = pool
         self._on_created = on_created
         self._on_deleted = on_deleted
+        self._on_restored = on_restored
         self._send, self._receive = anyio.create_memory_object_stream[_Command](COMMAND_QUEUE)
 
     async def run(self) -> None:
@@ -183,12 +185,13 @@ class SessionOwner:
         if session.state is State.RETIRING:
             await self._wait_retired()
         if session.state is State.UNBOUND:
-            await restore_session(
+            rung = await restore_session(
                 session,
                 self.pool,
                 mcp_servers=mcp_servers,
                 additional_directories=additional_directories,
             )
+            self._on_restored(rung)
             session.on_idle()
 
     async def _wait_retired(self) -> None:

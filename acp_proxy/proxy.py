@@ -11,6 +11,7 @@ answers.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any, Final
 
@@ -21,10 +22,11 @@ from store import SessionStore
 
 from .client import ClientConnection
 from .config import Config
-from .extensions import ENV_METHOD
+from .extensions import ENV_METHOD, STATUS_METHOD
 from .hub import Hub
 from .logs import get_logger
-from .methods import BACKGROUND, METHODS, run_guarded, session_forward, session_id_of
+from .methods import BACKGROUND, METHODS, MethodHandler, run_guarded, session_forward, session_id_of
+from .metrics import Metrics
 from .protocol import (
     MALFORMED_JSON,
     METHOD_NOT_FOUND,
@@ -36,6 +38,8 @@ from .protocol import (
     object_members,
     rewrite_members,
 )
+from .status import snapshot
+from .stopping import refuses_while_stopping, stopping_error
 
 __all__ = ["Proxy"]
 
@@ -57,6 +61,16 @@ class Proxy:
         self.config = config
         self.hub = Hub(config, store, tg)
         self._clients = 0
+        #: connected clients (status, metrics, the drain's last flush)
+        self.clients: set[ClientConnection] = set()
+        #: set when SIGTERM starts the drain: requests for new work are refused
+        self.stopping = False
+        #: requests whose handler is running (a session/new spawning an agent, a restore)
+        self.handling = 0
+        self.started = time.monotonic()
+        self.metrics = Metrics()
+        self.hub.on_turn = self.metrics.observe_turn
+        self.hub.on_restored = self.metrics.count_restore
         self.log = get_logger(component="proxy")
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -64,7 +78,10 @@ class Proxy:
     def new_client(self, stream: Any) -> ClientConnection:
         """A connection was accepted."""
         self._clients += 1
-        return ClientConnection(self, self.config, stream, self._clients)
+        client = ClientConnection(self, self.config, stream, self._clients)
+        client.on_error = self.metrics.count_error
+        self.clients.add(client)
+        return client
 
     async def handle(self, client: ClientConnection, msg: Call) -> None:
         """Handle one request or notification from a client.
@@ -127,6 +144,12 @@ class Proxy:
                 client.log.warning("client.bad_notification", method=msg.method, error=exc.message)
             return
         assert isinstance(msg, Request)
+        if self.stopping and refuses_while_stopping(msg.method):
+            client.send_error(msg.id, *stopping_error(msg.method))
+            return
+        if msg.method == STATUS_METHOD:  # answered by the proxy itself, never forwarded
+            client.send_response(msg.id, self.status())
+            return
         handler = METHODS.get(msg.method)
         if handler is None:
             if msg.method.startswith("_"):
@@ -140,9 +163,20 @@ class Proxy:
                 )
                 return
         if msg.method in BACKGROUND and client.tg is not None:
-            client.tg.start_soon(run_guarded, self.hub, handler, client, msg)
+            client.tg.start_soon(self._run, handler, client, msg)
         else:
-            await run_guarded(self.hub, handler, client, msg)
+            await self._run(handler, client, msg)
+
+    async def _run(self, handler: MethodHandler, client: ClientConnection, req: Request) -> None:
+        self.handling += 1  # the drain waits for requests being handled
+        try:
+            await run_guarded(self.hub, handler, client, req)
+        finally:
+            self.handling -= 1
+
+    def status(self) -> dict[str, Any]:
+        """What the proxy is doing now (``_acp-proxy/status``, metrics gauges)."""
+        return snapshot(self.hub, self.clients, stopping=self.stopping, started=self.started)
 
     def _handle_notification(self, client: ClientConnection, msg: Notification) -> None:
         if msg.method == ENV_METHOD:
@@ -182,6 +216,7 @@ class Proxy:
 
     def on_client_closed(self, client: ClientConnection) -> None:
         """A client went away: its sessions keep their agents; pending asks are answered."""
+        self.clients.discard(client)
         for session in list(client.sessions):
             session.detach(client)
         client.sessions.clear()

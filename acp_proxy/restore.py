@@ -144,9 +144,9 @@ async def restore_session(
     *,
     mcp_servers: Raw | None = None,
     additional_directories: Raw | None = None,
-) -> None:
+) -> str:
     """Give an UNBOUND ``session`` a live agent again (see the module docstring):
-    UNBOUND → BINDING → LIVE, or back to UNBOUND with the agent stopped.
+    UNBOUND → BINDING → LIVE, or back to UNBOUND with the agent stopped. Returns the rung.
 
     Raises:
         RestoreFailed: every rung failed or the agent could not start; ``data.kind`` is
@@ -206,6 +206,7 @@ async def restore_session(
         seeded_updates=session.seed["text"].count("\n") - 2 if session.seed else 0,
         ms=round((time.monotonic() - started) * 1000, 3),
     )
+    return rung
 
 
 async def _settle_unfinished_turn(store: SessionStore, session: Session) -> None:

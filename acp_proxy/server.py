@@ -10,15 +10,19 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
-from anyio.abc import SocketStream, TaskGroup
+from anyio.abc import SocketListener, SocketStream, TaskGroup
 
-from store import open_store
+from store import SqliteStore, open_store
 
 from .config import Config
+from .drain import drain
 from .logs import get_logger
+from .metrics import serve_metrics
 from .proxy import Proxy
 
 __all__ = ["SocketInUseError", "serve"]
@@ -47,12 +51,31 @@ def _clear_stale_socket(path: Path) -> None:
     raise SocketInUseError(f"another process is already listening on {path}")
 
 
-async def _watch_signals(tg: TaskGroup, log: object) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _watch_signals(
+    signals: AsyncIterator[int], tg: TaskGroup, proxy: Proxy, log: Any
+) -> None:
+    """First SIGTERM/SIGINT: drain (see drain.py), then stop. A second one skips the wait.
+
+    ``signals`` stays open until ``serve`` returns: a signal during the agents' shutdown is
+    ignored (that shutdown is bounded by ``kill_grace_s``) instead of killing the proxy and
+    orphaning the agents' process groups.
+    """
+    async for signum in signals:
+        log.info("serve.signal", signal=signal.Signals(signum).name)
+        break
+    wait = anyio.CancelScope()
+
+    async def skip_on_second_signal() -> None:
         async for signum in signals:
-            log.info("serve.signal", signal=signal.Signals(signum).name)  # type: ignore[attr-defined]
-            tg.cancel_scope.cancel()
+            log.info("serve.signal", signal=signal.Signals(signum).name, drain="skipped")
+            wait.cancel()
             return
+
+    async with anyio.create_task_group() as watch:
+        watch.start_soon(skip_on_second_signal)
+        await drain(proxy, proxy.config.drain_timeout_s, wait)
+        watch.cancel_scope.cancel()
+    tg.cancel_scope.cancel()
 
 
 def _reap_agents_with_pidfd() -> None:
@@ -74,7 +97,8 @@ def _reap_agents_with_pidfd() -> None:
 
 
 async def serve(config: Config) -> None:
-    """Run the proxy until SIGINT/SIGTERM: agents are terminated and the store closed."""
+    """Run the proxy until SIGINT/SIGTERM: the drain (drain.py), then agents are terminated
+    and the store closed."""
     log = get_logger(component="serve")
     started = time.monotonic()
     _reap_agents_with_pidfd()
@@ -84,33 +108,52 @@ async def serve(config: Config) -> None:
     async with open_store(config.db) as store:
         listener = await anyio.create_unix_listener(path, mode=config.socket_mode)
         try:
-            async with listener, anyio.create_task_group() as tg:
-                proxy = Proxy(config, store, tg)
-                tg.start_soon(_watch_signals, tg, log)
-
-                async def handle(stream: SocketStream) -> None:
-                    try:
-                        await proxy.new_client(stream).run()
-                    except Exception:
-                        # A bug met by one connection ends that connection, not the proxy
-                        # and the other conversations.
-                        log.exception("client.crashed")
-
-                tg.start_soon(listener.serve, handle, tg)
-                proxy.hub.pool.start_spares()
-                tg.start_soon(proxy.hub.run_reaper)
-                log.info(
-                    "ready",
-                    socket=str(path),
-                    db=str(config.db),
-                    agent_command=config.agent_command,
-                    pid=os.getpid(),
-                    startup_ms=round((time.monotonic() - started) * 1000, 3),
-                )
-                try:
-                    await anyio.sleep_forever()
-                finally:
-                    proxy.hub.shutdown()
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                await _serve(config, store, listener, signals, log, started)
         finally:
             path.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink at shutdown)
     log.info("serve.stopped", uptime_s=round(time.monotonic() - started, 3))
+
+
+async def _serve(
+    config: Config,
+    store: SqliteStore,
+    listener: SocketListener,
+    signals: AsyncIterator[int],
+    log: Any,
+    started: float,
+) -> None:
+    async with listener, anyio.create_task_group() as tg:
+        proxy = Proxy(config, store, tg)
+        store.commit_observer = proxy.metrics.observe_store_commit
+        if config.metrics_address:
+            await tg.start(
+                serve_metrics,
+                config.metrics_address,
+                lambda: proxy.metrics.render(proxy.status()),
+            )
+        tg.start_soon(_watch_signals, signals, tg, proxy, log)
+
+        async def handle(stream: SocketStream) -> None:
+            try:
+                await proxy.new_client(stream).run()
+            except Exception:
+                # A bug met by one connection ends that connection, not the proxy
+                # and the other conversations.
+                log.exception("client.crashed")
+
+        tg.start_soon(listener.serve, handle, tg)
+        proxy.hub.pool.start_spares()
+        tg.start_soon(proxy.hub.run_reaper)
+        log.info(
+            "ready",
+            socket=config.socket,
+            db=str(config.db),
+            agent_command=config.agent_command,
+            pid=os.getpid(),
+            startup_ms=round((time.monotonic() - started) * 1000, 3),
+        )
+        try:
+            await anyio.sleep_forever()
+        finally:
+            proxy.hub.shutdown()

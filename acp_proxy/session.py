@@ -1,7 +1,5 @@
 """One conversation: its lifecycle, its agent, its attached clients, its turn, its stream.
 
-Theory of operation
--------------------
 A :class:`Session` is the :class:`~acp_proxy.agent.AgentHandler` of the agent process that
 serves it. Everything the agent says is decided here, synchronously, into a
 :class:`~acp_proxy.agent.Batch`:
@@ -19,9 +17,8 @@ agent, closing, deleting) are made by the session's owner task (``owner.py``) on
 delivered was committed, and what was committed is delivered: a state update identical to the
 last one of its kind is neither recorded nor delivered (every client has it already).
 
-A client ``session/load`` replays the stored events with ``seq <= delivered_seq`` and holds
-that client's live lines until the replay and the response are written, so nothing is lost or
-doubled; other attached clients keep receiving live.
+A ``session/load`` replays the stored events up to ``delivered_seq`` and holds that client's
+live lines until its replay and response are written: nothing is lost or doubled.
 """
 
 from __future__ import annotations
@@ -47,7 +44,7 @@ from store import (
 
 from .agent import AgentProcess, Batch
 from .config import Config
-from .forwarding import ForwardedRequest, Forwarding
+from .forwarding import ForwardedRequest, Forwarding, with_session_id
 from .lifecycle import Event, Lifecycle, State
 from .logs import get_logger
 from .peer import Attachment, Audience, Peer
@@ -125,6 +122,8 @@ class Session:
     cancel_generation: int = 0
     #: called when the session becomes idle (a waiter for an agent slot may evict it now)
     on_idle: Callable[[], None] = lambda: None
+    #: called with each turn's outcome and timings (the metrics)
+    observe_turn: Callable[[str, dict[str, Any]], None] = lambda outcome, timings: None
     turns_completed: int = 0
     updates_recorded: int = 0
     created_mono: float = field(default_factory=time.monotonic)
@@ -232,7 +231,7 @@ class Session:
         elif msg.method == "$/cancel_request":
             batch.deliveries.append(lambda: self.forwarded.forward_cancel(agent, msg.params))
         else:
-            payload = self._to_client_params(msg.params)
+            payload = with_session_id(msg.params, self.id)
             batch.add_line(self, 0, encode_notification(msg.method, payload))
 
     def on_agent_exit(self, agent: AgentProcess, batch: Batch) -> None:
@@ -312,7 +311,7 @@ class Session:
 
     def _forward_agent_request(self, agent: AgentProcess, msg: Request) -> None:
         client = None if self.lifecycle.deleted else self._requests_go_to()
-        params = self._to_client_params(msg.params) if client is not None else msg.params
+        params = with_session_id(msg.params, self.id) if client is not None else msg.params
         self.forwarded.forward(agent, msg, client, params)
 
     def answer_forwarded(self, predicate: Callable[[ForwardedRequest], bool]) -> int:
@@ -322,15 +321,6 @@ class Session:
     def _requests_go_to(self) -> Peer | None:
         """Who answers the agent's requests: the running turn's client, else the last one."""
         return self.audience.last_open(self.turn.client if self.turn else None)
-
-    def _to_client_params(self, params: Raw) -> bytes | Raw:
-        try:
-            members = object_members(params)
-        except Exception:
-            return params
-        if "sessionId" in members:
-            return rewrite_members(members, sessionId=self.id)
-        return params
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -451,35 +441,49 @@ class Session:
             )
         self.answer_forwarded(lambda fwd: fwd.method == "session/request_permission")
 
+    def abandon_turn(self) -> tuple[Turn, list[Any]] | None:
+        """End the running turn without waiting for its answer (the proxy is stopping): the
+        agent gets ``session/cancel`` and its late answer is ignored. Returns the turn and its
+        store write (outcome ``cancelled``); answering the client is the caller's."""
+        turn = self.turn
+        if turn is None:
+            return None
+        self.cancel_turn()
+        if self.agent is not None:
+            self.agent.forget_request(turn.agent_request_id)
+        _timings, finish = self._end_turn(turn, "cancelled", "proxy_stopping", None)
+        return turn, [finish]
+
+    def _end_turn(
+        self, turn: Turn, outcome: str, stop_reason: str | None, usage: bytes | None
+    ) -> tuple[dict[str, Any], FinishTurn]:
+        """IN_TURN → LIVE, the canonical ``turn.finished`` line, and the turn's store write."""
+        self.turn = None
+        if self.lifecycle.allows(Event.TURN_ENDED):
+            self.lifecycle.handle(Event.TURN_ENDED)
+        now = self.last_active = time.monotonic()
+        turn.client.inflight.pop(turn.client_id, None)
+        timings = turn_timings(turn, now)
+        self.turns_completed += 1
+        self.log.info(
+            "turn.finished",
+            outcome=outcome,
+            stop_reason=stop_reason,
+            updates=turn.updates,
+            **timings,
+        )
+        self.observe_turn(outcome, timings)
+        encoded = _encoder.encode(timings)
+        return timings, FinishTurn(
+            self.id, turn.seq, time.time(), stop_reason, outcome, encoded, usage
+        )
+
     def _on_prompt_reply(self, reply: Response | ErrorResponse, batch: Batch) -> None:
         turn = self.turn
         if turn is None:
             return
-        self.turn = None
-        if self.lifecycle.allows(Event.TURN_ENDED):
-            self.lifecycle.handle(Event.TURN_ENDED)
-        batch.deliveries.append(self._turn_over)
-        now = self.last_active = time.monotonic()
-        turn.client.inflight.pop(turn.client_id, None)
         read = turn_outcome(reply)
-        timings = turn_timings(turn, now)
-        batch.ops.append(
-            FinishTurn(
-                self.id,
-                turn.seq,
-                time.time(),
-                read.stop_reason,
-                read.outcome,
-                _encoder.encode(timings),
-                read.usage,
-            )
-        )
-        self.turns_completed += 1
-        self.log.info(
-            "turn.finished",
-            outcome=read.outcome,
-            stop_reason=read.stop_reason,
-            updates=turn.updates,
-            **timings,
-        )
+        timings, finish = self._end_turn(turn, read.outcome, read.stop_reason, read.usage)
+        batch.ops.append(finish)
+        batch.deliveries.append(self._turn_over)
         batch.deliveries.append(answer_prompt(self.id, turn, reply, read, timings))

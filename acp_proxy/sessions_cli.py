@@ -23,7 +23,7 @@ from typing import Any, Final
 import anyio
 import msgspec
 
-from store import DeleteSession, SessionRecord, SqliteStore, open_store
+from store import DeleteSession, SessionRecord, SqliteStore, StoreError, open_store
 
 __all__ = ["add_parser", "run"]
 
@@ -191,7 +191,7 @@ async def _delete(store: SqliteStore, args: argparse.Namespace) -> int:
     await store.commit([DeleteSession(sid) for sid in args.session_ids])
     for sid in missing:
         sys.stderr.write(f"no session {sid} (nothing to delete)\n")
-    return 0
+    return 1 if missing else 0
 
 
 async def _prune(store: SqliteStore, args: argparse.Namespace) -> int:
@@ -222,6 +222,10 @@ _COMMANDS: Final = {
 }
 
 
+#: Commands that only read the database.
+_READ_COMMANDS: Final = frozenset({"list", "show", "export"})
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one ``sessions`` command; returns the exit status."""
     if not args.db:
@@ -241,8 +245,19 @@ def run(args: argparse.Namespace) -> int:
             )
             return 1
 
+    db = Path(args.db)
+    # Reading needs no write access: a database (or directory) this user can only read is
+    # opened read-only instead of failing on the WAL set-up.
+    read_only = args.sessions_command in _READ_COMMANDS and not (
+        os.access(db, os.W_OK) and os.access(db.parent, os.W_OK)
+    )
+
     async def main() -> int:
-        async with open_store(args.db) as store:
+        async with open_store(args.db, read_only=read_only) as store:
             return await _COMMANDS[args.sessions_command](store, args)
 
-    return anyio.run(main)
+    try:
+        return anyio.run(main)
+    except StoreError as exc:
+        sys.stderr.write(f"acp-proxy sessions: {exc}\n")
+        return 1

@@ -52,10 +52,13 @@ from bench._common import (
     run_main,
     served_by,
 )
+from bench.plot import ttft_png
 from tests.opencode.fake_model import FakeModel
 from tests.opencode.harness import INSTALL_HINT, OpencodeHome, agent_command, installed, prime
 
 SECTION_TITLE = "## 9. Real opencode: continued-turn time to first token"
+#: Drawn beside the markdown file given to --write (and shown in the README).
+FIGURE = "BENCHMARKS-ttft-opencode.png"
 GOAL_RATIO = 15.0
 RUN_LIMIT_S = 120.0  #: one continued turn (either scenario) must finish within this
 SETUP_LIMIT_S = 180.0
@@ -217,6 +220,17 @@ async def main() -> int:
             notes["b_spawned"] = _spawned(proxy.logs())
     notes["load_after"] = load_average()
     body, passed = render(runs_a, runs_b, notes)
+    if args.write and ttft_png(
+        Path(args.write).with_name(FIGURE),
+        {
+            "A: re-spawned opencode": [r.first_token for r in runs_a],
+            "B: warm opencode through the proxy": [r.first_token for r in runs_b],
+        },
+        f"Continued turn, time to first token: opencode {notes['version']}, "
+        f"{len(runs_a)} runs each",
+        f"{stamp.header().splitlines()[0]}",
+    ):
+        body += f"\n![time to first token, A vs B]({FIGURE})\n"
     return report(SECTION_TITLE, stamp.header(), body, passed, args.write)
 
 

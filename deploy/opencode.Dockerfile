@@ -34,6 +34,7 @@ RUN HOME=/tmp opencode --version
 # tini reaps what the agents leave behind: tools an agent starts (shells, language servers) are
 # re-parented to PID 1 when the agent ends, and the proxy only waits for the agents themselves.
 # -s: also works when tini is not PID 1 (e.g. under `docker run --init`). SIGTERM is forwarded
-# to the proxy, which then ends its agents.
-ENTRYPOINT ["/usr/bin/tini", "-s", "--", "acp-proxy", "serve"]
+# to the proxy, which then drains and ends its agents. The shell sets umask 0027 (as the base
+# image does) and execs the proxy.
+ENTRYPOINT ["/usr/bin/tini", "-s", "--", "/bin/sh", "-c", "umask 0027 && exec acp-proxy serve \"$@\"", "acp-proxy"]
 CMD ["--", "opencode", "acp"]

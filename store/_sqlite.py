@@ -36,6 +36,8 @@ import binascii
 import contextlib
 import os
 import sqlite3
+import time
+import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -65,7 +67,7 @@ from ._records import (
     WriteOp,
     append_event,
 )
-from ._schema import migrate
+from ._schema import SCHEMA_VERSION, migrate
 
 __all__ = [
     "CHECKPOINT_BYTES",
@@ -251,6 +253,9 @@ class SqliteStore:
         self._batches_failed = 0
         self._ops_committed = 0
         self._checkpoints = 0
+        #: Called with the seconds each transaction took (inline, or on the worker thread
+        #: including the hop): the proxy's ``acp_proxy_store_commit_seconds``.
+        self.commit_observer: Callable[[float], None] | None = None
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -328,9 +333,11 @@ class SqliteStore:
 
     def _commit_now(self, group: list[_Batch]) -> bool:
         """Commit ``group`` on this thread unless the database is locked (then False)."""
+        started = time.perf_counter()
         outcome = _commit_group_sync(self._write, group, wait=False)
         if outcome is None:
             return False
+        self._observe(time.perf_counter() - started)
         self._inline_transactions += outcome.committed
         self._finish(group, outcome)
         self._mark_tick()
@@ -396,6 +403,7 @@ class SqliteStore:
         if inline and self._commit_now(group):
             return
         self._writing = True
+        started = time.perf_counter()
         try:
             outcome = await anyio.to_thread.run_sync(
                 _commit_group_sync, self._write, group, True, checkpoint
@@ -408,7 +416,12 @@ class SqliteStore:
         finally:
             self._writing = False
         assert outcome is not None  # wait=True never gives up on a lock
+        self._observe(time.perf_counter() - started)
         self._finish(group, outcome)
+
+    def _observe(self, seconds: float) -> None:
+        if self.commit_observer is not None:
+            self.commit_observer(seconds)
 
     async def _run_checkpointer(self) -> None:
         """Run a PASSIVE checkpoint (never blocks writers) whenever the writer asks for one."""
@@ -587,13 +600,53 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
         raise ValueError(f"invalid list_sessions cursor: {cursor!r}") from None
 
 
-async def _connect(path: Path, stack: AsyncExitStack, close_timeout: float) -> aiosqlite.Connection:
-    """Open a connection in autocommit mode, set the common pragmas, close it with ``stack``."""
-    db = await aiosqlite.connect(path, isolation_level=None)
+async def _connect(
+    path: Path, stack: AsyncExitStack, close_timeout: float, *, uri: str | None = None
+) -> aiosqlite.Connection:
+    """Open a connection in autocommit mode, set the common pragmas, close it with ``stack``
+    (``uri``: a read-only store's URI instead of ``path``)."""
+    if uri is None:
+        db = await aiosqlite.connect(path, isolation_level=None)
+    else:
+        db = await aiosqlite.connect(uri, isolation_level=None, uri=True)
     stack.push_async_callback(_close, db, close_timeout)
-    for pragma in _PRAGMAS:
+    for pragma in _PRAGMAS if uri is None else ():
         await db.execute(pragma)
     return db
+
+
+def _open_read_only(path: Path) -> tuple[sqlite3.Connection, str]:
+    """Open an existing database without writing anything (blocking: run on a thread).
+
+    ``mode=ro`` reads a WAL database when its ``-shm`` exists or can be created; in a
+    directory this user cannot write, with no ``-shm`` (no proxy has it open), only
+    ``immutable=1`` can: nothing writes it then, so nothing is missed.
+    """
+    if not path.is_file():
+        raise StoreError(f"cannot open the store {path}: no such file")
+    quoted = urllib.parse.quote(str(path.resolve()))
+    last: sqlite3.Error | None = None
+    for uri in (f"file:{quoted}?mode=ro", f"file:{quoted}?mode=ro&immutable=1"):
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            last = exc
+            continue
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            conn.close()
+            last = exc
+            continue
+        if version != SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(
+                f"cannot read the store {path} read-only: its schema is version {version}, "
+                f"this acp-proxy reads {SCHEMA_VERSION}; open it once with write access"
+            )
+        return conn, uri
+    assert last is not None
+    raise last
 
 
 async def _close(db: aiosqlite.Connection, grace: float) -> None:
@@ -630,7 +683,7 @@ async def _close_writer(conn: sqlite3.Connection, grace: float) -> None:
 
 @asynccontextmanager
 async def open_store(
-    path: str | os.PathLike[str], *, close_timeout: float = 30.0
+    path: str | os.PathLike[str], *, close_timeout: float = 30.0, read_only: bool = False
 ) -> AsyncIterator[SqliteStore]:
     """Open (creating and migrating if needed) the store at ``path`` and run its writer.
 
@@ -641,6 +694,9 @@ async def open_store(
         path: The SQLite database file; its parent directory is created if missing.
         close_timeout: Upper bound in seconds for draining the queue and for closing each
             connection on exit; batches not committed by then fail with `StoreError`.
+        read_only: Open an existing database for reading only (a file or directory this
+            user cannot write): nothing is created or migrated, and every write fails with
+            `StoreError`.
 
     Yields:
         The open store.
@@ -650,19 +706,24 @@ async def open_store(
         StoreError: The database could not be opened or migrated.
     """
     db_path = Path(path)
-    db_path.parent.mkdir(parents=True, exist_ok=True)
+    if not read_only:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
+        uri: str | None = None
         try:
-            write = await anyio.to_thread.run_sync(_open_writer, db_path)
+            if read_only:
+                write, uri = await anyio.to_thread.run_sync(_open_read_only, db_path)
+            else:
+                write = await anyio.to_thread.run_sync(_open_writer, db_path)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store {db_path}: {exc}") from exc
         stack.push_async_callback(_close_writer, write, close_timeout)
-        read = await _connect(db_path, stack, close_timeout)
+        read = await _connect(db_path, stack, close_timeout, uri=uri)
         await read.execute("PRAGMA query_only = ON")
         # Replays read through a memory map, not a pread() per page: 100 000 events load in
         # ~0.1 s instead of ~0.17 s. The mapped pages are the kernel's file cache (RssFile).
         await read.execute(f"PRAGMA mmap_size = {READ_MMAP_BYTES}")
-        checkpoint = await _connect(db_path, stack, close_timeout)
+        checkpoint = await _connect(db_path, stack, close_timeout, uri=uri)
         store = SqliteStore(db_path, write, read, checkpoint)
         error: BaseException | None = None
         try:

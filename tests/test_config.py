@@ -38,6 +38,9 @@ def test_unknown_key_is_refused(tmp_path: Path) -> None:
         ({"agent_command": None}, "agent command"),
         ({"warm_spares": -1}, "warm_spares"),
         ({"unattached_permission": "maybe"}, "unattached_permission"),
+        ({"drain_timeout_s": -1}, "drain_timeout_s"),
+        ({"metrics_address": "9464"}, "HOST:PORT"),
+        ({"metrics_address": "localhost:http"}, "HOST:PORT"),
     ],
 )
 def test_invalid_settings_say_what_to_fix(overrides: dict, fragment: str) -> None:

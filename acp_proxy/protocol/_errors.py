@@ -17,6 +17,7 @@ __all__ = [
     "INVALID_REQUEST",
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
+    "PROXY_STOPPING",
     "REQUEST_CANCELLED",
     "RESOURCE_NOT_FOUND",
     "SESSION_BUSY",
@@ -36,6 +37,7 @@ RESOURCE_NOT_FOUND: Final = -32002
 # Proxy-specific codes live in the implementation-defined -32000..-32099 range.
 SESSION_BUSY: Final = -32010  #: a turn is already running on this session
 AGENT_EXITED: Final = -32011  #: the agent process ended while the request was pending
+PROXY_STOPPING: Final = -32012  #: the proxy is shutting down (SIGTERM); retry on the next one
 
 
 class ProtocolError(Exception):

@@ -119,3 +119,4 @@ async def test_attach_without_a_proxy_fails_clearly(tmp: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == b""
     assert b"is `acp-proxy serve` running" in result.stderr
+    assert result.stderr.startswith(b"acp-proxy attach: cannot connect to ")  # text, not JSON
