@@ -98,12 +98,10 @@ def _runner() -> tuple[list[str], int | None, int | None]:
     return [runuser, "-u", _UNPRIVILEGED, "--"], entry.pw_uid, entry.pw_gid
 
 
-
-
 @contextmanager
-def postgres_server(*, fsync: bool = False, settings: dict[str, str] | None = None) -> Iterator[
-    PostgresServer
-]:
+def postgres_server(
+    *, fsync: bool = False, settings: dict[str, str] | None = None
+) -> Iterator[PostgresServer]:
     """Start a PostgreSQL server in a temporary directory; stop and delete it on exit.
 
     Args:
@@ -129,8 +127,19 @@ def postgres_server(*, fsync: bool = False, settings: dict[str, str] | None = No
         port = 5432  # only names the socket file: there is no TCP listener
         env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
         init = subprocess.run(
-            [*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", _DB_USER, "-A", "trust"]
-            + ["-E", "UTF8", "--no-sync"],
+            [
+                *prefix,
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                _DB_USER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
             capture_output=True,
             env=env,
             timeout=120,
@@ -152,8 +161,18 @@ def postgres_server(*, fsync: bool = False, settings: dict[str, str] | None = No
             f.writelines(f"{key} = {value}\n" for key, value in conf.items())
         log = directory / "server.log"
         start = subprocess.run(
-            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w"]
-            + ["-t", "60", "start"],
+            [
+                *prefix,
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
             capture_output=True,
             env=env,
             timeout=90,
@@ -165,8 +184,16 @@ def postgres_server(*, fsync: bool = False, settings: dict[str, str] | None = No
             yield PostgresServer(directory, directory, port, bin_dir)
         finally:
             subprocess.run(
-                [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w"]
-                + ["stop"],
+                [
+                    *prefix,
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
                 capture_output=True,
                 env=env,
                 timeout=60,

@@ -372,3 +372,44 @@ async def test_event_pages_step_over_gaps_in_the_seqs(target: str) -> None:
             seen += [seq for seq, _ in page]
             after = page[-1][0]
         assert seen == [1, 2, 3, 50, 51, 60]
+
+
+async def test_payloads_come_back_byte_for_byte(target: str) -> None:
+    """Raw JSON (odd unicode, escapes, _meta, number spellings) is stored as given."""
+    odd = (
+        '{"sessionId":"s1","update":{"sessionUpdate":"future_kind","x":"Grüße ✓ 漢字 \\u0000"},'
+        '"_meta":{"vendor.example/trace":{"id":"abc","n":[1,2.50,3e10]}}}'
+    ).encode()
+    binary = bytes(range(256))  # the store never looks inside: any bytes survive
+    async with open_store(target) as db:
+        await db.commit([PutSession(session("s1"))])
+        await db.commit([AppendEvent("s1", 1, 0, "", odd), AppendEvent("s1", 2, 1, "k", binary)])
+        await db.commit([AppendEvents("s1", 3, 1, ["a", "b"], [b"", b"{}"])])
+        assert await db.event_payloads("s1") == [odd, binary, b"", b"{}"]
+        assert await db.event_page("s1", after_seq=1, upto_seq=3, limit=5) == [
+            (2, binary),
+            (3, b""),
+        ]
+
+
+async def test_delete_session_removes_everything(target: str) -> None:
+    async with open_store(target) as db:
+        await db.commit([PutSession(session("s1")), PutSession(session("s2"))])
+        await db.commit(
+            [StartTurn("s1", 1, 1.0, b"[]"), event("s1", 1), event("s1", 2), event("s2", 1)]
+        )
+        await db.commit([DeleteSession("s1")])
+        assert await db.get_session("s1") is None
+        assert await db.event_payloads("s1") == []
+        assert await db.last_events_of_kinds("s1", ["agent_message_chunk"]) == {}
+        assert await db.turns("s1") == []
+        assert await db.count_sessions() == 1
+        assert await db.event_payloads("s2") == [event("s2", 1).payload]
+
+
+async def test_schema_version_is_the_same_on_both_backends(target: str) -> None:
+    assert len(store.PG_MIGRATIONS) == len(store.MIGRATIONS) == store.SCHEMA_VERSION
+    async with open_store(target) as db:
+        assert await db.count_sessions() == 0
+    async with open_store(target) as db:  # reopening migrates nothing
+        assert await db.count_sessions() == 0

@@ -18,11 +18,9 @@ import store
 from store import (
     MIGRATIONS,
     SCHEMA_VERSION,
-    UNSET,
     AppendEvent,
     AppendEvents,
     DeleteSession,
-    FinishTurn,
     PutSession,
     SchemaVersionError,
     SessionRecord,
@@ -30,8 +28,6 @@ from store import (
     SqliteStore,
     StartTurn,
     StoreError,
-    TurnRecord,
-    UpdateSession,
     open_store,
 )
 
@@ -393,5 +389,3 @@ async def test_commit_survives_sigkill(tmp_path: Path) -> None:
         await process.wait()
     assert sql_scalar(path, "SELECT count(*) FROM events") == 500
     assert sql_scalar(path, "SELECT count(*) FROM sessions") == 1
-
-
