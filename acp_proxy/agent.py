@@ -23,7 +23,7 @@ import msgspec
 from anyio.abc import Process, TaskStatus
 from msgspec import Raw
 
-from store import PendingCommit, SessionStore, StoreError
+from store import PendingCommit, SessionStore, StaleLeaseError, StoreError
 
 from .logs import get_logger
 from .outbox import Outbox
@@ -357,6 +357,8 @@ class AgentProcess:
         """Run a committed (or failed to commit: logged) batch's deliveries in order."""
         if pending is not None and pending.error is not None:
             self.log.error("store.commit_failed", ops=len(batch.ops), error=str(pending.error))
+            if isinstance(pending.error, StaleLeaseError):
+                return  # another replica owns the session now: what it records is the truth
         for deliver in batch.deliveries:
             deliver()
 

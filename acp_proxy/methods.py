@@ -123,6 +123,7 @@ async def session_new(proxy: Proxy, client: ClientConnection, req: Request) -> N
     )
     session = Session(proxy, record, env=env)
     session.held = []  # early updates wait until the client has the session id
+    await proxy.ownership.claim_session(record.id)
     await proxy.store.commit([PutSession(record)])
     agent.handler = session
     session.agent = agent
@@ -344,9 +345,11 @@ async def session_close(proxy: Proxy, client: ClientConnection, req: Request) ->
         raise LocalProtocolError(
             f"Resource not found: no session {sid}", RESOURCE_NOT_FOUND, {"sessionId": sid}
         )
+    await proxy.ownership.claim_session(sid)
     if session is not None:
         end_agent(proxy, session)
     await proxy.store.commit([UpdateSession(sid, time.time(), state="closed")])
+    proxy.ownership.release(sid)
     client.send_response(req.id, b"{}")
 
 
@@ -354,6 +357,7 @@ async def session_delete(proxy: Proxy, client: ClientConnection, req: Request) -
     sid = session_id_of(req.params)
     if sid is None:
         raise LocalProtocolError('Invalid params: "sessionId" is required', INVALID_PARAMS)
+    await proxy.ownership.claim_session(sid)
     session = proxy.sessions.pop(sid, None)
     if session is not None:
         end_agent(proxy, session)

@@ -19,7 +19,7 @@ import msgspec
 from anyio.abc import TaskGroup
 from msgspec import Raw
 
-from store import SqliteStore
+from store import AnyStore
 
 from .agent import AgentProcess
 from .attach import ENV_METHOD
@@ -27,6 +27,7 @@ from .client import ClientConnection
 from .config import Config
 from .logs import get_logger
 from .methods import BACKGROUND, METHODS, MethodHandler, session_forward, session_id_of
+from .ownership import Ownership
 from .pool import AgentPool, SetupTimings
 from .protocol import (
     INVALID_PARAMS,
@@ -63,7 +64,7 @@ class _CancelParams(msgspec.Struct):
 class Proxy:
     """Everything the proxy knows; one per ``serve``."""
 
-    def __init__(self, config: Config, store: SqliteStore, tg: TaskGroup) -> None:
+    def __init__(self, config: Config, store: AnyStore, tg: TaskGroup) -> None:
         self.config = config
         self.store = store
         self.tg = tg
@@ -71,6 +72,7 @@ class Proxy:
         self.pool = AgentPool(config, tg, store)
         self._clients = 0
         self.log = get_logger(component="proxy")
+        self.ownership = Ownership(self)  # leases across replicas (off for one proxy)
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -90,6 +92,7 @@ class Proxy:
     def evict(self, session: Session, reason: str) -> None:
         """Stop the agent of an idle session; it is restored on next use."""
         agent = session.retire_agent()
+        self.ownership.release(session.id)
         session.log.info(
             "session.evicted",
             reason=reason,
@@ -285,6 +288,10 @@ class Proxy:
             raise LocalProtocolError(
                 'Invalid params: "sessionId" (string) is required', INVALID_PARAMS
             )
+        if await self.ownership.claim_session(sid):
+            cached = self.sessions.get(sid)
+            if cached is not None and not cached.live:  # another replica may have written
+                del self.sessions[sid]
         session = self.sessions.get(sid) or await self._session_from_store(sid)
         cwd = get_str(members, "cwd")
         if check_cwd and cwd is not None and cwd != session.record.cwd:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -15,13 +16,22 @@ from pathlib import Path
 import anyio
 from anyio.abc import SocketStream, TaskGroup
 
-from store import open_store
+from store import is_postgres_url, open_store
 
 from .config import Config
 from .logs import get_logger
 from .proxy import Proxy
 
-__all__ = ["SocketInUseError", "serve"]
+__all__ = ["SocketInUseError", "redact_db", "replica_id", "serve"]
+
+
+def redact_db(db: str) -> str:
+    """``--db`` for a log line: a PostgreSQL URL without its password."""
+    head, sep, tail = db.partition("://")
+    if sep and "@" in tail:
+        creds, _, rest = tail.rpartition("@")
+        return f"{head}{sep}{creds.split(':', 1)[0]}@{rest}"
+    return db
 
 
 class SocketInUseError(Exception):
@@ -73,6 +83,11 @@ def _reap_agents_with_pidfd() -> None:
         asyncio.set_child_watcher(watcher)
 
 
+def replica_id() -> str:
+    """An id unique to this process run: a restarted replica is a new owner."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 async def serve(config: Config) -> None:
     """Run the proxy until SIGINT/SIGTERM: agents are terminated and the store closed."""
     log = get_logger(component="serve")
@@ -81,7 +96,11 @@ async def serve(config: Config) -> None:
     path = Path(config.socket)
     path.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale_socket(path)
-    async with open_store(config.db) as store:
+    # Replicas share a PostgreSQL database: each session has one owner (its lease).
+    owner = (config.replica_id or replica_id()) if is_postgres_url(config.db) else None
+    async with open_store(
+        config.db, owner=owner, lease_ttl_s=config.lease_ttl_s, address=config.advertise or None
+    ) as store:
         listener = await anyio.create_unix_listener(path, mode=config.socket_mode)
         try:
             async with listener, anyio.create_task_group() as tg:
@@ -102,7 +121,8 @@ async def serve(config: Config) -> None:
                 log.info(
                     "ready",
                     socket=str(path),
-                    db=str(config.db),
+                    db=redact_db(config.db),
+                    replica=owner,
                     agent_command=config.agent_command,
                     pid=os.getpid(),
                     startup_ms=round((time.monotonic() - started) * 1000, 3),

@@ -20,6 +20,7 @@ __all__ = [
     "REQUEST_CANCELLED",
     "RESOURCE_NOT_FOUND",
     "SESSION_BUSY",
+    "SESSION_OWNED_ELSEWHERE",
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
@@ -36,6 +37,7 @@ RESOURCE_NOT_FOUND: Final = -32002
 # Proxy-specific codes live in the implementation-defined -32000..-32099 range.
 SESSION_BUSY: Final = -32010  #: a turn is already running on this session
 AGENT_EXITED: Final = -32011  #: the agent process ended while the request was pending
+SESSION_OWNED_ELSEWHERE: Final = -32012  #: another replica holds the session's lease
 
 
 class ProtocolError(Exception):

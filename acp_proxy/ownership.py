@@ -1,0 +1,100 @@
+"""One owner per conversation across replicas: the proxy's side of the store's leases.
+
+A replica drives a session only while it holds the session's lease (``store/_leases.py``):
+`claim_session` takes it before the session is created, restored or changed here, and
+answers ``session_owned_elsewhere`` (with the owner's advertised address, so a router can
+retry there) while another live replica holds it. The store renews held leases in the
+background; when one is lost (a takeover after this replica was paused past its lease, seen
+at renewal or by a rejected fenced write), `Ownership` drops the session and stops its
+agent: nothing it would write can reach the store any more. When a session's agent is
+stopped here, its lease is released so another replica may take it at once.
+
+With a store opened without an owner (one SQLite proxy, the default), all of this is off.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from store import LeaseHeldElsewhere
+
+from .logs import get_logger
+from .protocol import SESSION_OWNED_ELSEWHERE, LocalProtocolError
+
+if TYPE_CHECKING:
+    from .proxy import Proxy
+
+__all__ = ["Ownership"]
+
+
+class Ownership:
+    """Leases of one proxy's sessions (`Proxy.ownership`)."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self._proxy = proxy
+        self._store: Any = proxy.store
+        self.enabled = getattr(self._store, "leases", None) is not None
+        self.log = get_logger(component="ownership")
+        if self.enabled:
+            self._store.leases.on_lost.append(self._on_lost)
+
+    def holds(self, sid: str) -> bool:
+        """Whether this replica holds the lease of ``sid`` (always, with leases off)."""
+        return not self.enabled or sid in self._store.leases.held
+
+    async def claim_session(self, sid: str) -> bool:
+        """Hold the lease of ``sid`` before driving it.
+
+        Returns:
+            True when the lease was (re)taken just now: what this replica knew of the session
+            may be stale (another replica may have written since), reload it from the store.
+
+        Raises:
+            LocalProtocolError: ``session_owned_elsewhere``: another live replica holds it.
+        """
+        if self.holds(sid):
+            return False
+        try:
+            lease = await self._store.acquire_lease(sid)
+        except LeaseHeldElsewhere as exc:
+            held = exc.lease
+            data: dict[str, Any] = {
+                "kind": "session_owned_elsewhere",
+                "sessionId": sid,
+                "owner": held.owner,
+                "retryAfterMs": max(0, round((held.expires_at - time.time()) * 1000)),
+            }
+            if held.address:
+                data["address"] = held.address
+            raise LocalProtocolError(
+                f"session {sid} is served by another replica ({held.owner}"
+                + (f" at {held.address}" if held.address else "")
+                + "); send it there, or retry here once that replica is gone",
+                SESSION_OWNED_ELSEWHERE,
+                data,
+            ) from None
+        self.log.info("lease.acquired", session_id=sid, epoch=lease.epoch)
+        return True
+
+    def release(self, sid: str) -> None:
+        """This replica stopped the session's agent: let another replica take it."""
+        if self.enabled and sid in self._store.leases.held:
+            self._proxy.tg.start_soon(self._release, sid)
+
+    async def _release(self, sid: str) -> None:
+        try:
+            await self._store.release_lease(sid)
+        except Exception:  # it expires by itself; nothing else depends on this
+            self.log.exception("lease.release_failed", session_id=sid)
+
+    def _on_lost(self, sid: str) -> None:
+        session = self._proxy.sessions.pop(sid, None)
+        self.log.warning(
+            "lease.lost",
+            session_id=sid,
+            had_agent=session is not None and session.agent is not None,
+            hint="another replica took this session over; its agent here is stopped",
+        )
+        if session is not None:
+            session.retire_agent()
