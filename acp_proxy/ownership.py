@@ -33,15 +33,16 @@ class Ownership:
 
     def __init__(self, proxy: Proxy) -> None:
         self._proxy = proxy
-        self._store: Any = proxy.store
-        self.enabled = getattr(self._store, "leases", None) is not None
+        self._store = proxy.store
+        self._book = proxy.store.leases
+        self.enabled = self._book is not None
         self.log = get_logger(component="ownership")
-        if self.enabled:
-            self._store.leases.on_lost.append(self._on_lost)
+        if self._book is not None:
+            self._book.on_lost.append(self._on_lost)
 
     def holds(self, sid: str) -> bool:
         """Whether this replica holds the lease of ``sid`` (always, with leases off)."""
-        return not self.enabled or sid in self._store.leases.held
+        return self._book is None or sid in self._book.held
 
     async def claim_session(self, sid: str) -> bool:
         """Hold the lease of ``sid`` before driving it.
@@ -79,7 +80,7 @@ class Ownership:
 
     def release(self, sid: str) -> None:
         """This replica stopped the session's agent: let another replica take it."""
-        if self.enabled and sid in self._store.leases.held:
+        if self._book is not None and sid in self._book.held:
             self._proxy.tg.start_soon(self._release, sid)
 
     async def _release(self, sid: str) -> None:
