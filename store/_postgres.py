@@ -57,10 +57,22 @@ from ._sqlite import (
     _unpack_runs,
 )
 
-__all__ = ["POOL_MAX_SIZE", "PostgresStore", "is_postgres_url", "open_postgres_store"]
+__all__ = [
+    "IDLE_IN_TRANSACTION_MS",
+    "LOCK_TIMEOUT_MS",
+    "POOL_MAX_SIZE",
+    "PostgresStore",
+    "is_postgres_url",
+    "open_postgres_store",
+]
 
 POOL_MAX_SIZE: Final = 8
 """Connections per replica: one for the writer, the rest for replays, lists and leases."""
+
+IDLE_IN_TRANSACTION_MS: Final = 60_000
+"""Without leases: a transaction left idle this long (a stopped proxy) is ended by the server."""
+LOCK_TIMEOUT_MS: Final = 5_000
+"""A statement waits at most this long for a row lock another connection holds."""
 
 _NOW: Final = "extract(epoch FROM clock_timestamp())::float8"  # the database's clock
 _SESSION_COLUMNS = ", ".join(SessionRecord.__struct_fields__)
@@ -248,14 +260,19 @@ class PostgresStore:
         if live:
             try:
                 await self._transaction(live)
-            except (asyncpg.PostgresError, StoreError, OSError) as exc:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, StoreError, OSError) as exc:
                 if len(live) == 1:
                     live[0].fail(_failure(live[0], exc), exc)
                 else:
                     for batch in live:
                         try:
                             await self._transaction([batch])
-                        except (asyncpg.PostgresError, StoreError, OSError) as one:
+                        except (
+                            asyncpg.PostgresError,
+                            asyncpg.InterfaceError,
+                            StoreError,
+                            OSError,
+                        ) as one:
                             batch.fail(_failure(batch, one), one)
                         else:
                             self._transactions += 1
@@ -634,8 +651,19 @@ async def open_postgres_store(
     """
     import asyncpg
 
+    # A replica stopped (SIGSTOP, a VM pause) in the middle of a transaction holds its row
+    # locks, the lease row's among them: a takeover would wait for it. The server ends such a
+    # transaction after this long idle, well within a lease, and a lease change waits at most
+    # `LOCK_TIMEOUT_MS` for a lock before it fails (and is retried by the caller).
+    idle_ms = max(500, int(lease_ttl_s * 500)) if owner else IDLE_IN_TRANSACTION_MS
+    settings = {
+        "idle_in_transaction_session_timeout": str(idle_ms),
+        "lock_timeout": str(LOCK_TIMEOUT_MS),
+    }
     try:
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_MAX_SIZE)
+        pool = await asyncpg.create_pool(
+            url, min_size=1, max_size=POOL_MAX_SIZE, server_settings=settings
+        )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
         raise StoreError(f"cannot open the store {_redact(url)}: {exc}") from exc
     try:

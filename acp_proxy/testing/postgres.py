@@ -11,17 +11,21 @@ The binaries come from Debian's ``postgresql`` package (``/usr/lib/postgresql/<v
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PostgresServer", "PostgresUnavailable", "find_pg_bin", "postgres_server"]
+__all__ = ["PostgresServer", "PostgresUnavailable", "find_pg_bin", "postgres_server", "query"]
 
 _DB_USER = "acp"
 _UNPRIVILEGED = "nobody"
@@ -200,3 +204,36 @@ def postgres_server(
             )
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def query(url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """Run one query in a separate process (the test's own event loop may be trio, asyncpg
+    needs asyncio); ``?`` placeholders as in SQLite. Bytes come back as bytes."""
+    n = iter(range(1, len(params) + 1))
+    pg_sql = re.sub(r"\?", lambda _m: f"${next(n)}", sql)
+    done = subprocess.run(
+        [sys.executable, "-m", "acp_proxy.testing.postgres", url, pg_sql, json.dumps(params)],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    return [
+        tuple(bytes.fromhex(v["$b"]) if isinstance(v, dict) else v for v in row)
+        for row in json.loads(done.stdout)
+    ]
+
+
+async def _query_main(url: str, sql: str, params: list[object]) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(sql, *params)
+    finally:
+        await conn.close()
+    out = [[{"$b": v.hex()} if isinstance(v, bytes) else v for v in row] for row in rows]
+    sys.stdout.write(json.dumps(out))
+
+
+if __name__ == "__main__":
+    asyncio.run(_query_main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))
