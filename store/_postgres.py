@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from itertools import accumulate
 from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import msgspec
@@ -58,6 +59,7 @@ from ._sqlite import (
 )
 
 __all__ = [
+    "DEFAULT_SETTINGS",
     "IDLE_IN_TRANSACTION_MS",
     "LOCK_TIMEOUT_MS",
     "POOL_MAX_SIZE",
@@ -73,6 +75,15 @@ IDLE_IN_TRANSACTION_MS: Final = 60_000
 """Without leases: a transaction left idle this long (a stopped proxy) is ended by the server."""
 LOCK_TIMEOUT_MS: Final = 5_000
 """A statement waits at most this long for a row lock another connection holds."""
+
+DEFAULT_SETTINGS: Final = {"synchronous_commit": "off"}
+"""The proxy's durability class on SQLite (WAL, ``synchronous = NORMAL``): a commit is
+acknowledged once it is in the database's log, not yet flushed to disk. Everything a client
+received survives the proxy being killed (commit-before-deliver holds: delivery waits for the
+COMMIT); what the server had not flushed is lost if the database server or its machine
+crashes. A lost lease change fails closed: the fenced writes of its holder are refused. Put
+``?synchronous_commit=on`` in the URL for a flush per commit (group commits share it; it costs
+a continued turn a few ms: BENCHMARKS.md section 12)."""
 
 _NOW: Final = "extract(epoch FROM clock_timestamp())::float8"  # the database's clock
 _SESSION_COLUMNS = ", ".join(SessionRecord.__struct_fields__)
@@ -659,7 +670,10 @@ async def open_postgres_store(
     settings = {
         "idle_in_transaction_session_timeout": str(idle_ms),
         "lock_timeout": str(LOCK_TIMEOUT_MS),
+        **DEFAULT_SETTINGS,
     }
+    for name in parse_qs(urlsplit(url).query):  # what the URL says wins
+        settings.pop(name, None)
     try:
         pool = await asyncpg.create_pool(
             url, min_size=1, max_size=POOL_MAX_SIZE, server_settings=settings

@@ -413,3 +413,14 @@ async def test_schema_version_is_the_same_on_both_backends(target: str) -> None:
         assert await db.count_sessions() == 0
     async with open_store(target) as db:  # reopening migrates nothing
         assert await db.count_sessions() == 0
+
+
+async def test_postgres_commit_flush_follows_the_url(pg_url: str) -> None:
+    """By default a commit is acknowledged before the server flushes it (SQLite's class);
+    ``?synchronous_commit=on`` in the URL asks for a flush per commit."""
+    async with open_store(pg_url) as db:
+        assert isinstance(db, store.PostgresStore)
+        assert await db._pool.fetchval("SHOW synchronous_commit") == "off"
+    async with open_store(pg_url + "&synchronous_commit=on") as db:
+        assert isinstance(db, store.PostgresStore)
+        assert await db._pool.fetchval("SHOW synchronous_commit") == "on"
