@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench opencode clean
+.PHONY: demo test lint bench opencode postgres clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,18 @@ lint: $(STAMP)
 # Every benchmark, each writing its section of BENCHMARKS.md (about ten minutes; section 9
 # needs `make opencode` first and is skipped without it).
 BENCHES := continued_turn restore replay startup overhead throughput bytes_per_turn memory \
-	opencode_turn concurrency
+	opencode_turn concurrency postgres
 
 bench: $(STAMP)
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b --write BENCHMARKS.md || status=1; done; \
 	$(BIN)/python -m bench.concurrency --think-ms 500 --write BENCHMARKS.md || status=1; \
 	exit $${status:-0}
+
+# PostgreSQL server binaries for the PostgreSQL store tests and bench section 12 (Debian's
+# package; the tests start their own throwaway server and skip, saying why, without it).
+postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		{ apt-get update && apt-get install -y --no-install-recommends postgresql; }
 
 # The real opencode agent (npm opencode-ai, pinned) for tests/opencode and bench section 9.
 opencode:

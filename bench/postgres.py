@@ -218,7 +218,7 @@ def render(
     turn_ok = delta < GOAL_TURN_DELTA_MS
     lines: list[Any] = [
         f"Streaming: {args.runs} turns per store of {args.chunks:,} `agent_message_chunk` "
-        "(100 B of text each), alternating S, P.",
+        "(100 B of text each), alternating S, P, F.",
         "",
         "| store | updates/s median | min | max | recorded = received |",
         "| --- | ---: | ---: | ---: | --- |",
