@@ -37,8 +37,10 @@ class Ownership:
         self._book = proxy.store.leases
         self.enabled = self._book is not None
         self.log = get_logger(component="ownership")
+        self._claimed: dict[str, float] = {}  # session id -> when its lease was taken
         if self._book is not None:
             self._book.on_lost.append(self._on_lost)
+            self._book.keep = self._wanted
 
     def holds(self, sid: str) -> bool:
         """Whether this replica holds the lease of ``sid`` (always, with leases off)."""
@@ -75,8 +77,25 @@ class Ownership:
                 SESSION_OWNED_ELSEWHERE,
                 data,
             ) from None
+        self._claimed[sid] = time.monotonic()
         self.log.info("lease.acquired", session_id=sid, epoch=lease.epoch)
         return True
+
+    def _wanted(self, sid: str) -> bool:
+        """Keep renewing a lease while the session's agent is live, being bound, or in a
+        turn, and for one ttl after it was taken (``session/new`` binds before the session is
+        listed); release it otherwise (the agent crashed or was stopped)."""
+        session = self._proxy.sessions.get(sid)
+        if session is not None and (
+            session.live or session.lock.locked() or session.turn is not None
+        ):
+            return True
+        assert self._book is not None
+        claimed = self._claimed.get(sid)
+        if claimed is not None and time.monotonic() - claimed < self._book.ttl_s:
+            return True
+        self._claimed.pop(sid, None)
+        return False
 
     def release(self, sid: str) -> None:
         """This replica stopped the session's agent: let another replica take it."""

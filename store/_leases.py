@@ -106,6 +106,17 @@ class LeaseBook:
         self.address = address
         self.held: dict[str, int] = {}
         self.on_lost: list[Callable[[str], None]] = []
+        #: Whether a held lease is still wanted (the proxy: the session's agent is live or
+        #: being bound); a lease it says no to is released at the next renewal, not renewed.
+        self.keep: Callable[[str], bool] = lambda _sid: True
+
+    def for_renewal(self) -> tuple[dict[str, int], dict[str, int]]:
+        """The held leases split in (to renew, to release), by `keep`."""
+        renew: dict[str, int] = {}
+        release: dict[str, int] = {}
+        for sid, epoch in self.held.items():
+            (renew if self.keep(sid) else release)[sid] = epoch
+        return renew, release
 
     def fences(self, ops: Sequence[WriteOp]) -> dict[str, int]:
         """The epoch each session written by ``ops`` must still have.

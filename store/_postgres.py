@@ -371,13 +371,16 @@ class PostgresStore:
         raise StoreError(f"session {session_id}: lease keeps changing hands; retry")
 
     async def renew_leases(self) -> set[str]:
-        """Extend every lease held; forget (and report) those lost meanwhile.
+        """Extend every lease held that is still wanted (`LeaseBook.keep`; the others are
+        released); forget (and report) those lost meanwhile.
 
         Returns:
             The ids of the sessions whose lease was lost.
         """
         book = _book(self.leases)
-        held = dict(book.held)
+        held, unwanted = book.for_renewal()
+        for sid in unwanted:
+            await self.release_lease(sid)
         if not held:
             return set()
         rows = await self._pool.fetch(_RENEW, book.owner, list(held), book.ttl_s)

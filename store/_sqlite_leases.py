@@ -74,8 +74,11 @@ async def acquire_lease_sqlite(conn: Any, book: LeaseBook, session_id: str) -> L
 
 
 async def renew_leases_sqlite(conn: Any, book: LeaseBook) -> set[str]:
-    """Extend the held leases; forget and report those lost. Returns the lost ids."""
-    held = dict(book.held)
+    """Extend the held leases still wanted (release the others); forget and report those
+    lost. Returns the lost ids."""
+    held, unwanted = book.for_renewal()
+    for sid in unwanted:
+        await release_lease_sqlite(conn, book, sid)
     if not held:
         return set()
     marks = ", ".join("?" * len(held))

@@ -7,6 +7,7 @@ shared store alone. Skipped, with the reason, where PostgreSQL is not installed.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,24 @@ async def test_paused_owner_cannot_write_after_a_takeover(tmp: Path, pg_url: str
         assert _agent_side(replay) == _agent_side(seen_on_b)
         rejected = [e for e in a.logs() if e["event"] == "store.commit_failed"]
         assert all("stale" in e.get("error", "") or "lease" in e.get("error", "") for e in rejected)
+
+
+async def test_a_session_whose_agent_died_is_released_to_other_replicas(
+    tmp: Path, pg_url: str
+) -> None:
+    """A keeps a session's lease only while it has an agent for it: after the agent dies
+    (and no turn runs), A stops renewing and B may take the conversation over."""
+    async with _replica(tmp, "a", pg_url) as a, _replica(tmp, "b", pg_url) as b:
+        async with client(a) as ca:
+            sid = await ca.new_session(str(tmp))
+            assert (await ca.prompt(sid, "first")).error is None
+            state = (await ca.request("_fake/state", {"sessionId": sid})).unwrap()
+            os.kill(state["pid"], signal.SIGKILL)
+        async with client(b) as cb:
+            assert _owned_elsewhere(await _load(cb, sid, tmp))  # A's lease is still valid
+            await _load_once_free(cb, sid, tmp, within_s=4 * LEASE_TTL_S + 2)
+            reply = await cb.prompt(sid, "second")
+            assert reply.error is None, reply.error
+            assert "holds 1 earlier turns" in summary(reply.updates())
+        assert any(e["event"] == "lease.acquired" for e in b.logs())
+        assert a.process.returncode is None

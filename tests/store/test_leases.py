@@ -171,3 +171,19 @@ async def test_lease_api_needs_an_owner(target: str) -> None:
         with pytest.raises(StoreError, match="without an owner"):
             await db.acquire_lease("s1")
         await db.commit([PutSession(session("s1"))])  # no owner: no fencing (admin tools)
+
+
+async def test_unwanted_lease_is_released_at_renewal(target: str) -> None:
+    """A lease the owner no longer wants (its agent is gone) is released, not renewed."""
+    async with (
+        open_store(target, owner="A", lease_ttl_s=30) as a,
+        open_store(target, owner="B", lease_ttl_s=30) as b,
+    ):
+        await a.acquire_lease("idle")
+        await a.acquire_lease("busy")
+        a.leases.keep = lambda sid: sid == "busy"
+        assert await a.renew_leases() == set()
+        assert a.leases.held == {"busy": 1}
+        assert (await b.acquire_lease("idle")).epoch == 2
+        with pytest.raises(LeaseHeldElsewhere):
+            await b.acquire_lease("busy")
