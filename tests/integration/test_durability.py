@@ -253,7 +253,9 @@ async def _check_restored(trial: Trial, seen: list[Seen]) -> None:
                     f"{what}: the replay of {s.sid} does not start with the {len(s.received)} "
                     f"updates the client received ({s.stage})"
                 )
-                outcomes = dict(_turn_outcomes(db, s.sid))
+                # In a thread: on PostgreSQL the read is a subprocess (asyncpg needs asyncio),
+                # which must not stall the other trial sharing this event loop.
+                outcomes = dict(await trio.to_thread.run_sync(_turn_outcomes, db, s.sid))
                 assert set(outcomes.values()) <= {"completed", "unknown"}, (what, outcomes)
                 if s.answered:
                     assert outcomes == {1: "completed"}, (what, outcomes)
@@ -268,7 +270,10 @@ async def _check_restored(trial: Trial, seen: list[Seen]) -> None:
 async def _run_trial(trial: Trial, limiter: trio.CapacityLimiter, stages: Counter[str]) -> None:
     """Kill, check that the old agents exit, restart and check every session; bounded."""
     async with limiter:
-        with trio.fail_after(TRIAL_LIMIT_S):
+        # On PostgreSQL the killed proxy's leases must expire before the restore (a bounded
+        # wait of at most the lease ttl per session).
+        limit = TRIAL_LIMIT_S + (2 * LEASE_TTL_S if trial.proxy_args else 0)
+        with trio.fail_after(limit):
             seen, agents = await _run_until_killed(trial)
             await _agents_exit(agents, trial.label)
             await _check_restored(trial, seen)
