@@ -9,6 +9,7 @@ session's gate (see ``Proxy.handle``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -234,6 +235,11 @@ async def session_prompt(proxy: Proxy, client: ClientConnection, req: Request) -
     except BaseException:
         session.turn = None
         raise
+    if proxy.store.prompt_waits_for_commit and not pending.finished:
+        # A store that never commits at once (PostgreSQL): the turn row is in the store
+        # before the agent sees the prompt, so an agent never holds a turn the store lacks.
+        with contextlib.suppress(StoreError):  # logged just below
+            await proxy.store.wait_committed(pending)
     user_last_seq = session.forward_prompt(req)
     try:
         await proxy.store.wait_committed(pending)

@@ -167,6 +167,11 @@ def is_postgres_url(target: str) -> bool:
 class PostgresStore:
     """A `SessionStore` on a PostgreSQL database. Create it with `open_postgres_store`."""
 
+    #: Nothing is committed within `submit` (an asyncio driver, a network round trip): the
+    #: proxy waits for a turn's first commit before it forwards the prompt, so an agent never
+    #: runs a prompt that the store does not hold (the kill -9 trials check it).
+    prompt_waits_for_commit: Final = True
+
     def __init__(self, url: str, pool: Any, leases: LeaseBook | None) -> None:
         self.url = url
         self.path = _redact(url)  # what error messages and logs name

@@ -221,6 +221,10 @@ PendingCommit = _Batch
 class SqliteStore:
     """A `SessionStore` on one SQLite file. Create it with `open_store`."""
 
+    #: `submit` commits at once when the writer is idle (almost always before a prompt goes
+    #: out): the proxy forwards a prompt without waiting for its turn's commit.
+    prompt_waits_for_commit: Final = False
+
     def __init__(
         self,
         path: Path,

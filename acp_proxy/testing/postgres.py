@@ -187,6 +187,9 @@ def postgres_server(
         try:
             yield PostgresServer(directory, directory, port, bin_dir)
         finally:
+            keep = os.environ.get("ACP_PROXY_PG_LOG")  # where to keep the server's log
+            if keep:
+                shutil.copyfile(log, keep)
             subprocess.run(
                 [
                     *prefix,
