@@ -23,7 +23,7 @@ from typing import Final
 
 import msgspec
 
-from ._records import PutSession, StoreError, WriteOp
+from ._records import DeleteSession, PutSession, StoreError, WriteOp
 
 __all__ = [
     "DEFAULT_LEASE_TTL_S",
@@ -158,6 +158,12 @@ class LeaseBook:
             "the write was rejected and the session dropped here",
             epoch,
         )
+
+    def committed(self, ops: Sequence[WriteOp]) -> None:
+        """A committed `DeleteSession` removed its session's lease row: forget the lease."""
+        for op in ops:
+            if isinstance(op, DeleteSession):
+                self.held.pop(op.session_id, None)
 
     def failed(self, errors: Sequence[BaseException | None]) -> None:
         """Forget the leases that batches' `StaleLeaseError` s proved lost."""

@@ -298,6 +298,8 @@ class PostgresStore:
             self.leases.failed([batch.error for batch in group])
         for batch in group:
             if batch.error is None:
+                if self.leases is not None:
+                    self.leases.committed(batch.ops)
                 self._batches_committed += 1
                 self._ops_committed += len(batch.ops)
             else:

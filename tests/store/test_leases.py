@@ -10,6 +10,7 @@ import pytest
 
 from store import (
     AppendEvent,
+    DeleteSession,
     Lease,
     LeaseHeldElsewhere,
     PutSession,
@@ -187,3 +188,17 @@ async def test_unwanted_lease_is_released_at_renewal(target: str) -> None:
         assert (await b.acquire_lease("idle")).epoch == 2
         with pytest.raises(LeaseHeldElsewhere):
             await b.acquire_lease("busy")
+
+
+async def test_deleting_a_session_forgets_its_lease(target: str) -> None:
+    """The lease row goes with the session; the owner stops renewing it (no false loss)."""
+    async with open_store(target, owner="A", lease_ttl_s=30) as a:
+        lost: list[str] = []
+        a.leases.on_lost.append(lost.append)
+        await a.acquire_lease("s1")
+        await a.commit([PutSession(session("s1")), event("s1", 1)])
+        await a.commit([DeleteSession("s1")])
+        assert a.leases.held == {}
+        assert await a.get_lease("s1") is None
+        assert await a.renew_leases() == set()
+        assert lost == []
