@@ -32,6 +32,7 @@ __all__ = [
     "LeaseHeldElsewhere",
     "StaleLeaseError",
     "op_session_id",
+    "require_book",
 ]
 
 DEFAULT_LEASE_TTL_S: Final = 10.0
@@ -78,6 +79,13 @@ class StaleLeaseError(StoreError):
         self.session_id = session_id
         #: The epoch the write carried (None: the store held no lease on the session).
         self.epoch = epoch
+
+
+def require_book(leases: LeaseBook | None) -> LeaseBook:
+    """The store's lease book, or the error of a store opened without an owner."""
+    if leases is None:
+        raise StoreError("this store was opened without an owner id: leases are off")
+    return leases
 
 
 def op_session_id(op: WriteOp) -> str:

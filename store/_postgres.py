@@ -23,29 +23,21 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from itertools import accumulate
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import msgspec
-from msgspec import UNSET
 
-from ._leases import Lease, LeaseBook, LeaseHeldElsewhere, StaleLeaseError, op_session_id
+from ._leases import Lease, LeaseBook, StaleLeaseError, op_session_id, require_book
+from ._pg_leases import acquire_lease_pg, get_lease_pg, release_lease_pg, renew_leases_pg
 from ._pg_schema import migrate_pg
+from ._pg_writes import apply_ops
 from ._records import (
-    AppendEvent,
-    AppendEvents,
-    DeleteSession,
-    FinishTurn,
-    PutSession,
     SessionRecord,
-    StartTurn,
     StoreError,
     TurnRecord,
-    UpdateSession,
     WriteOp,
-    append_event,
 )
 from ._sqlite import (
     QUEUE_SIZE,
@@ -53,7 +45,6 @@ from ._sqlite import (
     StoreStatistics,
     _Batch,
     _decode_cursor,
-    _describe,
     _encode_cursor,
     _unpack_runs,
 )
@@ -85,50 +76,8 @@ crashes. A lost lease change fails closed: the fenced writes of its holder are r
 ``?synchronous_commit=on`` in the URL for a flush per commit (group commits share it; it costs
 a continued turn a few ms: BENCHMARKS.md section 12)."""
 
-_NOW: Final = "extract(epoch FROM clock_timestamp())::float8"  # the database's clock
 _SESSION_COLUMNS = ", ".join(SessionRecord.__struct_fields__)
 _TURN_COLUMNS = ", ".join(TurnRecord.__struct_fields__)
-_PUT_SESSION = (
-    f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES "
-    f"({', '.join(f'${i}' for i in range(1, len(SessionRecord.__struct_fields__) + 1))}) "
-    "ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{name} = excluded.{name}" for name in SessionRecord.__struct_fields__[1:])
-)
-_UPDATABLE_SESSION_COLUMNS = (
-    "upstream_session_id",
-    "modes",
-    "config_options",
-    "title",
-    "state",
-    "additional_directories",
-    "mcp_servers",
-)
-_INSERT_RUNS = (
-    "INSERT INTO event_runs (session_id, last_seq, first_seq, turn, entries, payloads) "
-    "SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::text[], "
-    "$6::bytea[])"
-)
-_UPSERT_LATEST = (
-    "INSERT INTO latest_events (session_id, kind, seq, payload) "
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[]) "
-    "ON CONFLICT (session_id, kind) DO UPDATE SET seq = excluded.seq, payload = excluded.payload "
-    "WHERE excluded.seq > latest_events.seq"
-)
-_START_TURN = (
-    "INSERT INTO turns (session_id, seq, started_at, prompt, outcome) "
-    "VALUES ($1, $2, $3, $4, 'running')"
-)
-_FINISH_TURN = (
-    "UPDATE turns SET ended_at = $1, stop_reason = $2, outcome = $3, timings = $4, usage = $5, "
-    "restore_path = $6 WHERE session_id = $7 AND seq = $8"
-)
-_DELETE_SESSION = (
-    "DELETE FROM event_runs WHERE session_id = $1",
-    "DELETE FROM latest_events WHERE session_id = $1",
-    "DELETE FROM turns WHERE session_id = $1",
-    "DELETE FROM sessions WHERE id = $1",
-    "DELETE FROM session_leases WHERE session_id = $1",
-)
 _RUNS_PAGE = (
     "SELECT first_seq, entries, payloads FROM event_runs "
     "WHERE session_id = $1 AND last_seq > $2 AND first_seq <= $3 ORDER BY last_seq LIMIT $4"
@@ -137,25 +86,6 @@ _FENCE = (
     "SELECT session_id, owner, epoch FROM session_leases "
     "WHERE session_id = ANY($1::text[]) FOR SHARE"
 )
-_ACQUIRE = f"""
-INSERT INTO session_leases AS l (session_id, owner, epoch, expires_at, address)
-VALUES ($1, $2, 1, {_NOW} + $3, $4)
-ON CONFLICT (session_id) DO UPDATE SET
-    owner = excluded.owner,
-    epoch = CASE WHEN l.owner = excluded.owner THEN l.epoch ELSE l.epoch + 1 END,
-    expires_at = excluded.expires_at,
-    address = excluded.address
-WHERE l.owner = excluded.owner OR l.expires_at <= {_NOW}
-RETURNING epoch, expires_at
-"""
-_RENEW = (
-    f"UPDATE session_leases SET expires_at = {_NOW} + $3 "
-    "WHERE owner = $1 AND session_id = ANY($2::text[]) RETURNING session_id, epoch"
-)
-_RELEASE = (
-    "UPDATE session_leases SET expires_at = 0 WHERE session_id = $1 AND owner = $2 AND epoch = $3"
-)
-_GET_LEASE = "SELECT session_id, owner, epoch, expires_at, address FROM session_leases "
 _json_encode = msgspec.json.encode
 
 
@@ -325,7 +255,7 @@ class PostgresStore:
                 batches = await self._check_fences(conn, group)
             ops = [op for batch in batches for op in batch.ops]
             if ops:
-                await _apply(conn, ops)
+                await apply_ops(conn, ops)
 
     async def _check_fences(self, conn: Any, group: list[_Batch]) -> list[_Batch]:
         """Read the lease rows of the sessions ``group`` writes; fail stale batches."""
@@ -364,50 +294,20 @@ class PostgresStore:
             LeaseHeldElsewhere: another owner's lease has not expired.
             StoreError: the store has no lease book (opened without ``owner``).
         """
-        book = _book(self.leases)
-        for _attempt in range(3):
-            row = await self._pool.fetchrow(
-                _ACQUIRE, session_id, book.owner, book.ttl_s, book.address
-            )
-            if row is not None:
-                book.held[session_id] = row[0]
-                return Lease(session_id, book.owner, row[0], row[1], book.address)
-            current = await self.get_lease(session_id)
-            if current is not None:
-                raise LeaseHeldElsewhere(current)
-        raise StoreError(f"session {session_id}: lease keeps changing hands; retry")
+        return await acquire_lease_pg(self._pool, require_book(self.leases), session_id)
 
     async def renew_leases(self) -> set[str]:
         """Extend every lease held that is still wanted (`LeaseBook.keep`; the others are
-        released); forget (and report) those lost meanwhile.
-
-        Returns:
-            The ids of the sessions whose lease was lost.
-        """
-        book = _book(self.leases)
-        held, unwanted = book.for_renewal()
-        for sid in unwanted:
-            await self.release_lease(sid)
-        if not held:
-            return set()
-        rows = await self._pool.fetch(_RENEW, book.owner, list(held), book.ttl_s)
-        kept = {row[0]: row[1] for row in rows}
-        lost = {sid for sid, epoch in held.items() if kept.get(sid) != epoch}
-        for sid in lost:
-            book.lost(sid, held[sid])
-        return lost
+        released); forget (and report) those lost meanwhile. Returns their ids."""
+        return await renew_leases_pg(self._pool, require_book(self.leases))
 
     async def release_lease(self, session_id: str) -> None:
         """Let another replica take the session at once (its epoch is kept)."""
-        book = _book(self.leases)
-        epoch = book.held.pop(session_id, None)
-        if epoch is not None:
-            await self._pool.execute(_RELEASE, session_id, book.owner, epoch)
+        await release_lease_pg(self._pool, require_book(self.leases), session_id)
 
     async def get_lease(self, session_id: str) -> Lease | None:
         """The session's lease row, expired or not; None if it never had one."""
-        row = await self._pool.fetchrow(_GET_LEASE + "WHERE session_id = $1", session_id)
-        return Lease(*row) if row is not None else None
+        return await get_lease_pg(self._pool, session_id)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -505,12 +405,6 @@ class PostgresStore:
 _MAX_SEQ: Final = (1 << 63) - 1
 
 
-def _book(leases: LeaseBook | None) -> LeaseBook:
-    if leases is None:
-        raise StoreError("this store was opened without an owner id: leases are off")
-    return leases
-
-
 def _redact(url: str) -> str:
     """The URL without its password, for messages."""
     head, sep, tail = url.partition("://")
@@ -527,121 +421,9 @@ def _failure(batch: _Batch, exc: BaseException) -> str:
     return f"commit of {len(batch.ops)} op(s) failed, nothing applied: {exc}"
 
 
-async def _apply(conn: Any, ops: Sequence[WriteOp]) -> None:
-    """Execute ``ops`` in order; consecutive events are inserted as runs, in one statement."""
-    import asyncpg
-
-    runs: list[AppendEvents] = []
-    for op in ops:
-        if isinstance(op, AppendEvent):
-            append_event(runs, op.session_id, op.seq, op.turn, op.kind, op.payload)
-            continue
-        if isinstance(op, AppendEvents):
-            runs.append(
-                AppendEvents(op.session_id, op.first_seq, op.turn, [*op.kinds], [*op.payloads])
-            )
-            continue
-        if runs:
-            await _append_runs(conn, runs)
-            runs = []
-        try:
-            await _apply_one(conn, op)
-        except (asyncpg.PostgresError, asyncpg.DataError, TypeError) as exc:
-            raise StoreError(f"{_describe(op)} failed: {exc}") from exc
-    if runs:
-        await _append_runs(conn, runs)
-
-
-async def _append_runs(conn: Any, runs: list[AppendEvents]) -> None:
-    import asyncpg
-
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
-    latest: dict[tuple[str, str], tuple[int, bytes]] = {}
-    for run in runs:
-        count = len(run.payloads)
-        if count == 0 or count != len(run.kinds):
-            raise StoreError(
-                f"AppendEvents of session {run.session_id!r} seq {run.first_seq}: "
-                f"{len(run.kinds)} kind(s) for {count} payload(s); give one of each per event"
-            )
-        sizes = [len(payload) for payload in run.payloads]
-        entries = zip(run.kinds, accumulate(sizes, initial=0), sizes, strict=False)
-        for column, value in zip(
-            columns,
-            (
-                run.session_id,
-                run.first_seq + count - 1,
-                run.first_seq,
-                run.turn,
-                _json_encode(list(entries)).decode(),
-                b"".join(run.payloads),
-            ),
-            strict=True,
-        ):
-            column.append(value)
-        for index, kind in enumerate(run.kinds):
-            seq = run.first_seq + index
-            key = (run.session_id, kind)
-            if key not in latest or latest[key][0] < seq:
-                latest[key] = (seq, run.payloads[index])
-    try:
-        await conn.execute(_INSERT_RUNS, *columns)
-        await conn.execute(
-            _UPSERT_LATEST,
-            [key[0] for key in latest],
-            [key[1] for key in latest],
-            [value[0] for value in latest.values()],
-            [value[1] for value in latest.values()],
-        )
-    except asyncpg.PostgresError as exc:
-        first, last = runs[0], runs[-1]
-        events = sum(len(run.payloads) for run in runs)
-        raise StoreError(
-            f"AppendEvent of {events} event(s) (session {first.session_id!r} "
-            f"seq {first.first_seq}, ..., session {last.session_id!r} "
-            f"seq {last.first_seq + len(last.payloads) - 1}) failed: {exc}"
-        ) from exc
-
-
-async def _apply_one(conn: Any, op: WriteOp) -> None:
-    match op:
-        case PutSession(record=record):
-            await conn.execute(_PUT_SESSION, *msgspec.structs.astuple(record))
-        case UpdateSession():
-            assignments = ["updated_at = $1"]
-            params: list[Any] = [op.updated_at]
-            for column in _UPDATABLE_SESSION_COLUMNS:
-                value = getattr(op, column)
-                if value is not UNSET:
-                    params.append(value)
-                    assignments.append(f"{column} = ${len(params)}")
-            params.append(op.session_id)
-            sql = f"UPDATE sessions SET {', '.join(assignments)} WHERE id = ${len(params)}"
-            await conn.execute(sql, *params)
-        case StartTurn():
-            await conn.execute(_START_TURN, op.session_id, op.seq, op.started_at, op.prompt)
-        case FinishTurn():
-            await conn.execute(
-                _FINISH_TURN,
-                op.ended_at,
-                op.stop_reason,
-                op.outcome,
-                op.timings,
-                op.usage,
-                op.restore_path,
-                op.session_id,
-                op.seq,
-            )
-        case DeleteSession():
-            for sql in _DELETE_SESSION:
-                await conn.execute(sql, op.session_id)
-        case _:
-            raise TypeError(f"not a store write op: {op!r}")
-
-
 async def _run_renewer(store: PostgresStore) -> None:
     """Renew the held leases every third of their ttl (until the store closes)."""
-    book = _book(store.leases)
+    book = require_book(store.leases)
     while True:
         await anyio.sleep(book.ttl_s / 3)
         with contextlib.suppress(Exception):  # the next round retries; expiry is the bound

@@ -50,7 +50,7 @@ import msgspec
 from msgspec import UNSET
 from msgspec.structs import astuple
 
-from ._leases import Lease, LeaseBook, StaleLeaseError
+from ._leases import Lease, LeaseBook, StaleLeaseError, require_book
 from ._records import (
     AppendEvent,
     AppendEvents,
@@ -465,15 +465,15 @@ class SqliteStore:
             LeaseHeldElsewhere: another owner's lease has not expired.
             StoreError: the store was opened without an owner.
         """
-        return await acquire_lease_sqlite(self._checkpoint, _book(self.leases), session_id)
+        return await acquire_lease_sqlite(self._checkpoint, require_book(self.leases), session_id)
 
     async def renew_leases(self) -> set[str]:
         """Extend every lease held; forget (and report) those lost. Returns the lost ids."""
-        return await renew_leases_sqlite(self._checkpoint, _book(self.leases))
+        return await renew_leases_sqlite(self._checkpoint, require_book(self.leases))
 
     async def release_lease(self, session_id: str) -> None:
         """Let another owner take the session at once (its epoch is kept)."""
-        await release_lease_sqlite(self._checkpoint, _book(self.leases), session_id)
+        await release_lease_sqlite(self._checkpoint, require_book(self.leases), session_id)
 
     async def get_lease(self, session_id: str) -> Lease | None:
         """The session's lease row, expired or not; None if it never had one."""
@@ -592,12 +592,6 @@ class SqliteStore:
 
 
 _MAX_SEQ = (1 << 63) - 1
-
-
-def _book(leases: LeaseBook | None) -> LeaseBook:
-    if leases is None:
-        raise StoreError("this store was opened without an owner id: leases are off")
-    return leases
 
 
 def _unpack_runs(
