@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON := $(BIN)/python
 
-.PHONY: demo test lint typecheck lock test-latest test-lowest bench opencode clean
+.PHONY: demo test lint typecheck lock test-latest test-lowest bench opencode postgres clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -73,13 +73,19 @@ test-lowest: $(UV)
 # needs `make opencode` first and is skipped without it, and draws its figure with matplotlib,
 # the `bench` extra; section 12 measures the fake agent without it).
 BENCHES := continued_turn restore replay startup overhead throughput bytes_per_turn memory \
-	opencode_turn concurrency agent_memory
+	opencode_turn concurrency agent_memory postgres
 
 bench: $(STAMP)
 	$(UV) sync --quiet --frozen --inexact --extra test --extra bench --no-build-isolation
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b --write BENCHMARKS.md || status=1; done; \
 	$(BIN)/python -m bench.concurrency --think-ms 500 --write BENCHMARKS.md || status=1; \
 	exit $${status:-0}
+
+# PostgreSQL server binaries for the PostgreSQL store tests and bench section 13 (Debian's
+# package; the tests start their own throwaway server and skip, saying why, without it).
+postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		{ apt-get update && apt-get install -y --no-install-recommends postgresql; }
 
 # The real opencode agent (npm opencode-ai, pinned) for tests/opencode and bench section 9.
 opencode:

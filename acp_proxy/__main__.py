@@ -37,8 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--db",
         default=os.environ.get("ACP_PROXY_DB"),
-        help="SQLite database path (default: $ACP_PROXY_DB)",
+        help="SQLite database path, or postgresql://USER@HOST/DB shared by replicas "
+        "(default: $ACP_PROXY_DB)",
     )
+    serve.add_argument(
+        "--advertise",
+        default=os.environ.get("ACP_PROXY_ADVERTISE"),
+        help="this replica's address, told to clients that reach another replica with a "
+        "session this one owns (default: $ACP_PROXY_ADVERTISE)",
+    )
+    serve.add_argument("--lease-ttl-s", type=float, help="session lease duration (replicas)")
+    serve.add_argument("--replica-id", help="this replica's id in the leases (default: unique)")
     serve.add_argument("--config", help="TOML config file (keys as in config.example.toml)")
     serve.add_argument("--warm-spares", type=int, help="agents kept spawned ahead of session/new")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -129,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.config,
             socket=args.socket,
             db=args.db,
+            advertise=args.advertise,
+            lease_ttl_s=args.lease_ttl_s,
+            replica_id=args.replica_id,
             agent_command=agent or None,
             warm_spares=args.warm_spares,
             log_level=args.log_level,

@@ -28,8 +28,9 @@ import msgspec
 from anyio.abc import Process, TaskStatus
 from msgspec import Raw
 
-from store import PendingCommit, SessionStore, StoreError
+from store import PendingCommit, SessionStore, StaleLeaseError, StoreError
 
+from . import __version__
 from .batch import AgentError, AgentExited, Batch, ExitInfo, LineSink
 from .logs import get_logger
 from .outbox import Outbox
@@ -69,9 +70,7 @@ __all__ = [
 
 #: Decided-but-undelivered output batches per agent (each at most one 64 KiB read).
 PIPELINE_BATCHES: Final = 8
-#: Lines of agent stderr kept for error reports.
-STDERR_TAIL_LINES: Final = 20
-_PROXY_VERSION: Final = "0.1.0"
+STDERR_TAIL_LINES: Final = 20  #: lines of agent stderr kept for error reports
 
 
 #: Called (synchronously) with the agent's answer to a request the proxy sent.
@@ -310,6 +309,8 @@ class AgentProcess:
         """Run a committed (or failed to commit: logged) batch's deliveries in order."""
         if pending is not None and pending.error is not None:
             self.log.error("store.commit_failed", ops=len(batch.ops), error=str(pending.error))
+            if isinstance(pending.error, StaleLeaseError):
+                return  # another replica owns the session now: what it records is the truth
         for deliver in batch.deliveries:
             deliver()
 
@@ -464,7 +465,7 @@ class AgentProcess:
             {
                 "protocolVersion": 1,
                 "clientCapabilities": client_capabilities,
-                "clientInfo": {"name": "acp-proxy", "version": _PROXY_VERSION},
+                "clientInfo": {"name": "acp-proxy", "version": __version__},
             },
         )
 

@@ -34,8 +34,18 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     #: Unix socket the proxy listens on.
     socket: str = ""
-    #: SQLite database file (created if missing).
+    #: SQLite database file (created if missing), or a PostgreSQL URL
+    #: (``postgresql://USER@HOST/DB``) shared by several replicas.
     db: str = ""
+    #: Replicas on one PostgreSQL database: how long a session's lease lasts unless its owner
+    #: renews it (every third of it, while it keeps the session): how long a conversation
+    #: whose replica died waits before another replica can take it over.
+    lease_ttl_s: float = 10.0
+    #: Where clients can reach this replica (host:port, URL): told to clients that reach
+    #: another replica with a session this one owns (``session_owned_elsewhere``).
+    advertise: str = ""
+    #: This replica's id in the leases; empty: host name, pid and random bits (unique per run).
+    replica_id: str = ""
     #: The agent command line, e.g. ``["opencode", "acp"]``.
     agent_command: list[str] = msgspec.field(default_factory=list)
     #: Working directory of agents started before their session is known (warm spares) and
@@ -139,6 +149,8 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config
         raise ConfigError(
             f"metrics_address {config.metrics_address!r} is not HOST:PORT (e.g. 127.0.0.1:9464)"
         )
+    if config.lease_ttl_s <= 0:
+        raise ConfigError("lease_ttl_s must be > 0")
     return config
 
 

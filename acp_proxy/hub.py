@@ -21,8 +21,10 @@ from msgspec import Raw
 from store import SessionRecord, SessionStore
 
 from .config import Config
+from .lifecycle import State
 from .logs import get_logger
 from .owner import SessionOwner
+from .ownership import Ownership
 from .pool import AgentPool
 from .protocol import (
     INVALID_PARAMS,
@@ -51,6 +53,8 @@ class Hub:
         self.owners: dict[str, SessionOwner] = {}
         self.deleted: dict[str, None] = {}
         self.pool = AgentPool(config, tg, store, make_room=self._make_room)
+        #: leases across replicas (PostgreSQL); off for one proxy on SQLite
+        self.ownership = Ownership(store, tg, busy=self._busy, on_lost=self._on_lease_lost)
         #: metrics hooks (``metrics.Metrics`` when serving): a turn ended, a restore's rung
         self.on_turn: Callable[[str, dict[str, Any]], None] = lambda outcome, timings: None
         self.on_restored: Callable[[str], None] = lambda rung: None
@@ -83,7 +87,7 @@ class Hub:
             del self.deleted[next(iter(self.deleted))]
         self.log_session(session, "session.closed")
 
-    def new_session(self, cwd: str, params: Raw, env: dict[str, str]) -> SessionOwner:
+    async def new_session(self, cwd: str, params: Raw, env: dict[str, str]) -> SessionOwner:
         """A conversation about to be created; its owner binds it (``SessionOwner.create``)."""
         members = object_members(params)
         now = time.time()
@@ -100,6 +104,7 @@ class Hub:
             created_at=now,
             updated_at=now,
         )
+        await self.ownership.claim_session(record.id)
         return self._own(Session(self.config, self.store, record, env=env))
 
     async def session(self, sid: str) -> tuple[Session, SessionOwner]:
@@ -152,6 +157,8 @@ class Hub:
             raise LocalProtocolError(
                 'Invalid params: "sessionId" (string) is required', INVALID_PARAMS
             )
+        if await self.ownership.claim_session(sid):
+            self._forget_unless_live(sid)  # another replica may have written since
         session, owner = await self.session(sid)
         cwd = get_str(members, "cwd")
         if check_cwd and cwd is not None and cwd != session.record.cwd:
@@ -169,6 +176,30 @@ class Hub:
                 additional_directories=members.get("additionalDirectories"),
             )
         return session
+
+    def _busy(self, sid: str) -> bool:
+        """Keep this session's lease: its agent is live, being bound, or in a turn."""
+        session = self.sessions.get(sid)
+        return session is not None and (session.live or session.state is State.BINDING)
+
+    def _forget_unless_live(self, sid: str) -> None:
+        """Drop a cached session without an agent, so that it is read again from the store."""
+        session = self.sessions.get(sid)
+        if session is not None and not session.live and session.state is not State.BINDING:
+            self._drop(sid)
+
+    def _drop(self, sid: str) -> None:
+        self.sessions.pop(sid, None)
+        owner = self.owners.pop(sid, None)
+        if owner is not None:
+            owner.stop()
+
+    def _on_lease_lost(self, sid: str) -> None:
+        """Another replica took the session over: stop its agent here and forget it."""
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.retire("lease_lost")
+        self._drop(sid)
 
     def process_env(self, client_env: dict[str, str]) -> dict[str, str]:
         """The per-process variables a client brought (see ``Config.per_process_env``)."""
@@ -189,6 +220,7 @@ class Hub:
             for session in list(self.sessions.values()):
                 if session.evictable and now - session.last_active >= ttl:
                     session.retire("idle")
+                    self.ownership.release(session.id)
 
     def _make_room(self) -> bool:
         """Stop the least recently used idle agent (an agent slot frees once it has exited);
@@ -196,7 +228,9 @@ class Hub:
         idle = [s for s in self.sessions.values() if s.evictable]
         if not idle:
             return False
-        min(idle, key=lambda s: s.last_active).retire("max_live_agents")
+        session = min(idle, key=lambda s: s.last_active)
+        session.retire("max_live_agents")
+        self.ownership.release(session.id)
         return True
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -117,7 +117,7 @@ async def session_new(hub: Hub, client: ClientConnection, req: Request) -> None:
         raise LocalProtocolError(
             'Invalid params: session/new needs "cwd", an absolute path', INVALID_PARAMS
         )
-    owner = hub.new_session(cwd, req.params, hub.process_env(client.env))
+    owner = await hub.new_session(cwd, req.params, hub.process_env(client.env))
     result = await owner.create(client, req.params)
     session = owner.session
     result["sessionId"] = session.id
@@ -251,6 +251,12 @@ async def _run_turn(
         except BaseException:
             session.abort_turn()
             raise
+        if hub.store.prompt_waits_for_commit and not pending.finished:
+            # PostgreSQL: a turn the store never recorded must not reach the agent (a kill
+            # -9 here would leave the agent holding an unknown turn). Shielded: once begun,
+            # the turn is sent or ended, never left half started.
+            with anyio.CancelScope(shield=True):
+                await pending.wait()
         user_last_seq = session.forward_prompt(req)
     finally:
         if waiter is not None:
@@ -361,7 +367,9 @@ async def session_close(hub: Hub, client: ClientConnection, req: Request) -> Non
     if sid is None:
         raise LocalProtocolError('Invalid params: "sessionId" is required', INVALID_PARAMS)
     _session, owner = await hub.session(sid)
+    await hub.ownership.claim_session(sid)
     await owner.close()
+    hub.ownership.release(sid)
     client.send_response(req.id, b"{}")
 
 
@@ -376,6 +384,7 @@ async def session_delete(hub: Hub, client: ClientConnection, req: Request) -> No
             raise
         # Deleting an unknown session succeeds silently (session-delete.mdx).
     else:
+        await hub.ownership.claim_session(sid)
         await owner.delete()
     client.send_response(req.id, b"{}")
 

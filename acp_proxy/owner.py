@@ -131,6 +131,11 @@ class SessionOwner:
             raise command.error
         return command.result
 
+    def stop(self) -> None:
+        """This replica no longer drives the session (its lease went elsewhere): commands
+        still queued, and later ones, are told it is gone here."""
+        self._send.close()
+
     # -- what clients ask for ----------------------------------------------------------------
 
     async def ensure_live(

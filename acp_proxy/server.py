@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 import anyio
 from anyio.abc import SocketListener, SocketStream, TaskGroup
 
-from store import SqliteStore, open_store
+from store import AnyStore, is_postgres_url, open_store
 
 from .config import Config
 from .drain import drain
@@ -25,7 +26,16 @@ from .logs import get_logger
 from .metrics import serve_metrics
 from .proxy import Proxy
 
-__all__ = ["SocketInUseError", "serve"]
+__all__ = ["SocketInUseError", "redact_db", "replica_id", "serve"]
+
+
+def redact_db(db: str) -> str:
+    """``--db`` for a log line: a PostgreSQL URL without its password."""
+    head, sep, tail = db.partition("://")
+    if sep and "@" in tail:
+        creds, _, rest = tail.rpartition("@")
+        return f"{head}{sep}{creds.split(':', 1)[0]}@{rest}"
+    return db
 
 
 class SocketInUseError(Exception):
@@ -96,6 +106,11 @@ def _reap_agents_with_pidfd() -> None:
         asyncio.set_child_watcher(watcher)
 
 
+def replica_id() -> str:
+    """An id unique to this process run: a restarted replica is a new owner."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 async def serve(config: Config) -> None:
     """Run the proxy until SIGINT/SIGTERM: the drain (drain.py), then agents are terminated
     and the store closed."""
@@ -105,7 +120,11 @@ async def serve(config: Config) -> None:
     path = Path(config.socket)
     path.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale_socket(path)
-    async with open_store(config.db) as store:
+    # Replicas share a PostgreSQL database: each session has one owner (its lease).
+    owner = (config.replica_id or replica_id()) if is_postgres_url(config.db) else None
+    async with open_store(
+        config.db, owner=owner, lease_ttl_s=config.lease_ttl_s, address=config.advertise or None
+    ) as store:
         listener = await anyio.create_unix_listener(path, mode=config.socket_mode)
         try:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -117,7 +136,7 @@ async def serve(config: Config) -> None:
 
 async def _serve(
     config: Config,
-    store: SqliteStore,
+    store: AnyStore,
     listener: SocketListener,
     signals: AsyncIterator[int],
     log: Any,
@@ -148,7 +167,8 @@ async def _serve(
         log.info(
             "ready",
             socket=config.socket,
-            db=str(config.db),
+            db=redact_db(config.db),
+            replica=store.owner if hasattr(store, "owner") else None,
             agent_command=config.agent_command,
             pid=os.getpid(),
             startup_ms=round((time.monotonic() - started) * 1000, 3),

@@ -23,7 +23,7 @@ from typing import Any, Final
 import anyio
 import msgspec
 
-from store import DeleteSession, SessionRecord, SqliteStore, StoreError, open_store
+from store import AnyStore, DeleteSession, SessionRecord, StoreError, is_postgres_url, open_store
 
 __all__ = ["add_parser", "run"]
 
@@ -47,7 +47,9 @@ def add_parser(sub: Any, db_default: str | None) -> None:
     """Register ``sessions`` and its commands on the top-level parser."""
     sessions = sub.add_parser("sessions", help="list, show, export, delete or prune sessions")
     sessions.add_argument(
-        "--db", default=db_default, help="SQLite database path (default: $ACP_PROXY_DB)"
+        "--db",
+        default=db_default,
+        help="SQLite database path or postgresql:// URL (default: $ACP_PROXY_DB)",
     )
     cmd = sessions.add_subparsers(dest="sessions_command", required=True)
     listing = cmd.add_parser("list", help="sessions, most recently updated first")
@@ -94,7 +96,7 @@ def _record_json(record: SessionRecord) -> dict[str, Any]:
     return out
 
 
-async def _list(store: SqliteStore, args: argparse.Namespace) -> int:
+async def _list(store: AnyStore, args: argparse.Namespace) -> int:
     records, _cursor = await store.list_sessions(cwd=args.cwd, limit=max(1, args.limit))
     for record in records:
         if args.json:
@@ -105,7 +107,7 @@ async def _list(store: SqliteStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _show(store: SqliteStore, args: argparse.Namespace) -> int:
+async def _show(store: AnyStore, args: argparse.Namespace) -> int:
     record = await store.get_session(args.session_id)
     if record is None:
         sys.stderr.write(f"no session {args.session_id}\n")
@@ -143,7 +145,7 @@ async def _show(store: SqliteStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _export(store: SqliteStore, args: argparse.Namespace) -> int:
+async def _export(store: AnyStore, args: argparse.Namespace) -> int:
     if await store.get_session(args.session_id) is None:
         sys.stderr.write(f"no session {args.session_id}\n")
         return 1
@@ -186,7 +188,7 @@ def _delete_through_proxy(socket_path: str, session_ids: list[str]) -> int:
         return status
 
 
-async def _delete(store: SqliteStore, args: argparse.Namespace) -> int:
+async def _delete(store: AnyStore, args: argparse.Namespace) -> int:
     missing = [sid for sid in args.session_ids if await store.get_session(sid) is None]
     await store.commit([DeleteSession(sid) for sid in args.session_ids])
     for sid in missing:
@@ -194,7 +196,7 @@ async def _delete(store: SqliteStore, args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
-async def _prune(store: SqliteStore, args: argparse.Namespace) -> int:
+async def _prune(store: AnyStore, args: argparse.Namespace) -> int:
     cutoff = time.time() - args.older_than
     total = 0
     while True:  # bounded: every round deletes what it found, or stops
@@ -231,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.db:
         sys.stderr.write("acp-proxy sessions: pass --db or set ACP_PROXY_DB\n")
         return 2
-    if not Path(args.db).is_file():
+    if not is_postgres_url(args.db) and not Path(args.db).is_file():
         sys.stderr.write(f"acp-proxy sessions: no database at {args.db}\n")
         return 1
 
@@ -246,10 +248,12 @@ def run(args: argparse.Namespace) -> int:
             return 1
 
     db = Path(args.db)
-    # Reading needs no write access: a database (or directory) this user can only read is
-    # opened read-only instead of failing on the WAL set-up.
-    read_only = args.sessions_command in _READ_COMMANDS and not (
-        os.access(db, os.W_OK) and os.access(db.parent, os.W_OK)
+    # Reading needs no write access: a SQLite database (or directory) this user can only read
+    # is opened read-only instead of failing on the WAL set-up.
+    read_only = (
+        not is_postgres_url(args.db)
+        and args.sessions_command in _READ_COMMANDS
+        and not (os.access(db, os.W_OK) and os.access(db.parent, os.W_OK))
     )
 
     async def main() -> int:

@@ -1,11 +1,22 @@
 """Session store: every conversation's sessions, turns and raw event stream.
 
-Open the SQLite implementation with `open_store`; code that only needs the interface
-should depend on `SessionStore`.
+`open_store` opens SQLite (a file path) or PostgreSQL (a ``postgresql://`` URL); code that
+only needs the interface should depend on `SessionStore`. Leases (one owner per session
+across replicas) are in ``_leases.py``.
 """
 
 from __future__ import annotations
 
+from ._leases import (
+    DEFAULT_LEASE_TTL_S,
+    Lease,
+    LeaseBook,
+    LeaseHeldElsewhere,
+    StaleLeaseError,
+)
+from ._open import AnyStore, open_store
+from ._pg_schema import PG_MIGRATIONS
+from ._postgres import PostgresStore, is_postgres_url, open_postgres_store
 from ._records import (
     SESSION_STATES,
     TURN_OUTCOMES,
@@ -35,29 +46,37 @@ from ._sqlite import (
     WAL_LIMIT_BYTES,
     SqliteStore,
     StoreStatistics,
-    open_store,
+    open_sqlite_store,
 )
 
 __all__ = [
     "CHECKPOINT_BYTES",
+    "DEFAULT_LEASE_TTL_S",
     "INLINE_MAX_OPS",
     "MIGRATIONS",
+    "PG_MIGRATIONS",
     "QUEUE_SIZE",
     "SCHEMA_VERSION",
     "SESSION_STATES",
     "TURN_OUTCOMES",
     "UNSET",
     "WAL_LIMIT_BYTES",
+    "AnyStore",
     "AppendEvent",
     "AppendEvents",
     "DeleteSession",
     "FinishTurn",
+    "Lease",
+    "LeaseBook",
+    "LeaseHeldElsewhere",
     "PendingCommit",
+    "PostgresStore",
     "PutSession",
     "SchemaVersionError",
     "SessionRecord",
     "SessionStore",
     "SqliteStore",
+    "StaleLeaseError",
     "StartTurn",
     "StoreError",
     "StoreStatistics",
@@ -66,5 +85,8 @@ __all__ = [
     "UpdateSession",
     "WriteOp",
     "append_event",
+    "is_postgres_url",
+    "open_postgres_store",
+    "open_sqlite_store",
     "open_store",
 ]

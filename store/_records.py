@@ -245,7 +245,13 @@ class PendingCommit(Protocol):
 
 @runtime_checkable
 class SessionStore(Protocol):
-    """What the proxy needs from a session store (SQLite now, maybe PostgreSQL later)."""
+    """What the proxy needs from a session store (SQLite or PostgreSQL)."""
+
+    @property
+    def prompt_waits_for_commit(self) -> bool:
+        """The proxy waits for a turn's first commit before it forwards the prompt (a store
+        whose ``submit`` never commits at once: PostgreSQL); SQLite commits inline."""
+        ...
 
     async def commit(self, ops: Sequence[WriteOp]) -> None:
         """Apply ``ops`` atomically, in order; return once they are durably committed.

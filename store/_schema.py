@@ -104,7 +104,20 @@ SELECT r.session_id, r.first_seq + e.key, r.turn, json_extract(e.value, '$[0]'),
 FROM event_runs AS r, json_each(r.entries) AS e;
 """
 
-MIGRATIONS: list[str] = [_V1_INITIAL, _V2_EVENT_RUNS]
+_V3_LEASES = """
+-- Who drives each conversation (one owner across replicas, or proxies sharing one file): the
+-- owner's id, a fencing epoch that every write of the owner is checked against, and when the
+-- lease expires unless renewed (seconds since the epoch). See store/_leases.py.
+CREATE TABLE session_leases (
+    session_id TEXT PRIMARY KEY NOT NULL,
+    owner      TEXT NOT NULL,
+    epoch      INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    address    TEXT
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: list[str] = [_V1_INITIAL, _V2_EVENT_RUNS, _V3_LEASES]
 """``MIGRATIONS[i]`` upgrades schema version ``i`` to ``i + 1``."""
 
 SCHEMA_VERSION: int = len(MIGRATIONS)

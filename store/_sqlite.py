@@ -52,6 +52,7 @@ import msgspec
 from msgspec import UNSET
 from msgspec.structs import astuple
 
+from ._leases import Lease, LeaseBook, StaleLeaseError, require_book
 from ._records import (
     AppendEvent,
     AppendEvents,
@@ -68,6 +69,13 @@ from ._records import (
     append_event,
 )
 from ._schema import SCHEMA_VERSION, migrate
+from ._sqlite_leases import (
+    acquire_lease_sqlite,
+    check_fences_sync,
+    get_lease_sqlite,
+    release_lease_sqlite,
+    renew_leases_sqlite,
+)
 
 __all__ = [
     "CHECKPOINT_BYTES",
@@ -76,6 +84,7 @@ __all__ = [
     "WAL_LIMIT_BYTES",
     "SqliteStore",
     "StoreStatistics",
+    "open_sqlite_store",
     "open_store",
 ]
 
@@ -148,6 +157,7 @@ _DELETE_SESSION = (
     "DELETE FROM latest_events WHERE session_id = ?",
     "DELETE FROM turns WHERE session_id = ?",
     "DELETE FROM sessions WHERE id = ?",
+    "DELETE FROM session_leases WHERE session_id = ?",
 )
 
 
@@ -189,6 +199,9 @@ class _Batch:
     def fail(self, message: str, cause: BaseException | None = None) -> None:
         """Record the first failure of this batch."""
         if self.error is None:
+            if isinstance(cause, StaleLeaseError):
+                self.error = cause  # the caller tells a lost lease from a failed write
+                return
             self.error = StoreError(message)
             self.error.__cause__ = cause
 
@@ -209,12 +222,17 @@ class _Batch:
 class SqliteStore:
     """A `SessionStore` on one SQLite file. Create it with `open_store`."""
 
+    #: `submit` commits at once when the writer is idle (almost always before a prompt goes
+    #: out): the proxy forwards a prompt without waiting for its turn's commit.
+    prompt_waits_for_commit: Final = False
+
     def __init__(
         self,
         path: Path,
         write: sqlite3.Connection,
         read: aiosqlite.Connection,
         checkpoint: aiosqlite.Connection,
+        leases: LeaseBook | None = None,
     ) -> None:
         """Wrap open connections; `open_store` runs the writer and closes them.
 
@@ -223,9 +241,11 @@ class SqliteStore:
             write: Plain connection used only by the writer (autocommit mode, opened with
                 ``check_same_thread=False``: the loop thread and one worker thread take turns).
             read: Connection used only for reads (``query_only``).
-            checkpoint: Connection used only for background WAL checkpoints.
+            checkpoint: Connection used for background WAL checkpoints and leases.
+            leases: With an owner id: leases on, every write fenced (``_leases.py``).
         """
         self.path = path
+        self.leases = leases
         self._write = write
         self._read = read
         self._checkpoint = checkpoint
@@ -334,7 +354,7 @@ class SqliteStore:
     def _commit_now(self, group: list[_Batch]) -> bool:
         """Commit ``group`` on this thread unless the database is locked (then False)."""
         started = time.perf_counter()
-        outcome = _commit_group_sync(self._write, group, wait=False)
+        outcome = _commit_group_sync(self._write, group, wait=False, book=self.leases)
         if outcome is None:
             return False
         self._observe(time.perf_counter() - started)
@@ -365,8 +385,12 @@ class SqliteStore:
         if self._unchecked_bytes >= CHECKPOINT_BYTES:
             self._unchecked_bytes = 0
             self._checkpoint_wanted.set()
+        if self.leases is not None:
+            self.leases.failed([batch.error for batch in group])
         for batch in group:
             if batch.error is None:
+                if self.leases is not None:
+                    self.leases.committed(batch.ops)
                 self._batches_committed += 1
                 self._ops_committed += len(batch.ops)
             else:
@@ -406,7 +430,7 @@ class SqliteStore:
         started = time.perf_counter()
         try:
             outcome = await anyio.to_thread.run_sync(
-                _commit_group_sync, self._write, group, True, checkpoint
+                _commit_group_sync, self._write, group, True, checkpoint, self.leases
             )
         except BaseException:
             for batch in group:
@@ -446,6 +470,29 @@ class SqliteStore:
             self._wakeup.set()
             await self._writer_done.wait()
         self._writer_scope.cancel()
+
+    # -- leases (``_leases.py``; run on the checkpoint connection, beside the writer) ----------
+
+    async def acquire_lease(self, session_id: str) -> Lease:
+        """Take (or keep) the lease of ``session_id`` for this store's owner.
+
+        Raises:
+            LeaseHeldElsewhere: another owner's lease has not expired.
+            StoreError: the store was opened without an owner.
+        """
+        return await acquire_lease_sqlite(self._checkpoint, require_book(self.leases), session_id)
+
+    async def renew_leases(self) -> set[str]:
+        """Extend every lease held; forget (and report) those lost. Returns the lost ids."""
+        return await renew_leases_sqlite(self._checkpoint, require_book(self.leases))
+
+    async def release_lease(self, session_id: str) -> None:
+        """Let another owner take the session at once (its epoch is kept)."""
+        await release_lease_sqlite(self._checkpoint, require_book(self.leases), session_id)
+
+    async def get_lease(self, session_id: str) -> Lease | None:
+        """The session's lease row, expired or not; None if it never had one."""
+        return await get_lease_sqlite(self._read, session_id)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -682,8 +729,14 @@ async def _close_writer(conn: sqlite3.Connection, grace: float) -> None:
 
 
 @asynccontextmanager
-async def open_store(
-    path: str | os.PathLike[str], *, close_timeout: float = 30.0, read_only: bool = False
+async def open_sqlite_store(
+    path: str | os.PathLike[str],
+    *,
+    close_timeout: float = 30.0,
+    read_only: bool = False,
+    owner: str | None = None,
+    lease_ttl_s: float = 10.0,
+    address: str | None = None,
 ) -> AsyncIterator[SqliteStore]:
     """Open (creating and migrating if needed) the store at ``path`` and run its writer.
 
@@ -697,6 +750,9 @@ async def open_store(
         read_only: Open an existing database for reading only (a file or directory this
             user cannot write): nothing is created or migrated, and every write fails with
             `StoreError`.
+        owner: This process's id: leases on (``_leases.py``), every write fenced.
+        lease_ttl_s: How long a lease lasts unless renewed (every third of it).
+        address: Advertised with each lease.
 
     Yields:
         The open store.
@@ -724,12 +780,15 @@ async def open_store(
         # ~0.1 s instead of ~0.17 s. The mapped pages are the kernel's file cache (RssFile).
         await read.execute(f"PRAGMA mmap_size = {READ_MMAP_BYTES}")
         checkpoint = await _connect(db_path, stack, close_timeout, uri=uri)
-        store = SqliteStore(db_path, write, read, checkpoint)
+        leases = LeaseBook(owner, lease_ttl_s, address) if owner else None
+        store = SqliteStore(db_path, write, read, checkpoint, leases)
         error: BaseException | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(store._run_writer)
                 tg.start_soon(store._run_checkpointer)
+                if leases is not None:
+                    tg.start_soon(_run_renewer, store, leases.ttl_s)
                 try:
                     yield store
                 finally:
@@ -743,6 +802,18 @@ async def open_store(
             # The writer does not raise, so this is the caller's own exception: give it back
             # unwrapped instead of inside the task group's ExceptionGroup.
             raise error
+
+
+async def _run_renewer(store: SqliteStore, ttl_s: float) -> None:
+    """Renew the held leases every third of their ttl (until the store closes)."""
+    while True:
+        await anyio.sleep(ttl_s / 3)
+        with contextlib.suppress(Exception):  # the next round retries; expiry is the bound
+            await store.renew_leases()
+
+
+open_store = open_sqlite_store
+"""The SQLite store (``store.open_store`` also opens PostgreSQL URLs)."""
 
 
 def _may_run_inline(ops: Sequence[WriteOp]) -> bool:
@@ -772,7 +843,11 @@ def _checkpoint_complete(rows: list[Any]) -> bool:
 
 
 def _commit_group_sync(
-    conn: sqlite3.Connection, group: list[_Batch], wait: bool, checkpoint: bool = False
+    conn: sqlite3.Connection,
+    group: list[_Batch],
+    wait: bool,
+    checkpoint: bool = False,
+    book: LeaseBook | None = None,
 ) -> _Outcome | None:
     """One transaction for ``group``; a failing batch is rolled back alone (savepoint).
 
@@ -791,12 +866,12 @@ def _commit_group_sync(
                 return None
             raise
         if len(group) == 1:  # no savepoint needed: the batch is the transaction
-            written = _apply_sync(conn, group[0].ops)
+            written = _apply_sync(conn, group[0].ops, book)
         else:
             for batch in group:
                 conn.execute("SAVEPOINT batch")
                 try:
-                    written += _apply_sync(conn, batch.ops)
+                    written += _apply_sync(conn, batch.ops, book)
                 except Exception as exc:
                     if not conn.in_transaction:
                         raise  # SQLite aborted the whole transaction: the group fails.
@@ -830,11 +905,20 @@ def _commit_group_sync(
     return _Outcome(True, written, checkpointed)
 
 
-def _apply_sync(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> int:
+def _apply_sync(
+    conn: sqlite3.Connection, ops: Sequence[WriteOp], book: LeaseBook | None = None
+) -> int:
     """Execute ``ops`` in order; events are stored as runs, inserted with one executemany.
+    With a lease ``book``, first check that this store still holds the epoch of every session
+    ``ops`` write (the transaction holds the write lock: no takeover can slip in).
 
     Returns about how many bytes it wrote.
+
+    Raises:
+        StaleLeaseError: a fence failed; nothing of ``ops`` was applied.
     """
+    if book is not None:
+        check_fences_sync(conn, book, ops)
     runs: list[AppendEvents] = []
     written = 0
     for op in ops:

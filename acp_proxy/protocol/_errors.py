@@ -21,6 +21,7 @@ __all__ = [
     "REQUEST_CANCELLED",
     "RESOURCE_NOT_FOUND",
     "SESSION_BUSY",
+    "SESSION_OWNED_ELSEWHERE",
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
@@ -38,6 +39,7 @@ RESOURCE_NOT_FOUND: Final = -32002
 SESSION_BUSY: Final = -32010  #: a turn is already running on this session
 AGENT_EXITED: Final = -32011  #: the agent process ended while the request was pending
 PROXY_STOPPING: Final = -32012  #: the proxy is shutting down (SIGTERM); retry on the next one
+SESSION_OWNED_ELSEWHERE: Final = -32013  #: another replica holds the session's lease
 
 
 class ProtocolError(Exception):

@@ -14,7 +14,9 @@ import pytest
 import trio
 
 from acp_proxy.testing.client import AcpClient
+from acp_proxy.testing.postgres import query
 from acp_proxy.testing.proxy_process import ProxyHandle, fake_agent_command, run_proxy
+from store import is_postgres_url
 
 
 @asynccontextmanager
@@ -37,7 +39,9 @@ async def client(handle: ProxyHandle, **kwargs: Any) -> AsyncIterator[AcpClient]
 
 
 def db_rows(db: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Read the proxy's database with a separate plain sqlite3 connection."""
+    """Read the proxy's database with a separate connection (SQLite or PostgreSQL)."""
+    if is_postgres_url(db):
+        return query(db, sql, *params)
     conn = sqlite3.connect(db)
     try:
         return conn.execute(sql, params).fetchall()

@@ -19,6 +19,7 @@ import sqlite3
 import struct
 import termios
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ TRIAL_LIMIT_S = 12.0
 TURN_CHUNKS = (10, 400)
 CHUNK_DELAY_S = 0.001
 MAX_KILL_DELAY_S = 0.4
+#: PostgreSQL: how long the killed proxy's session leases outlive it.
+LEASE_TTL_S = 1.0
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -61,8 +64,17 @@ async def _fake_state(c: AcpClient, sid: str) -> dict[str, Any]:
 
 
 async def _load(c: AcpClient, sid: str, cwd: Path) -> list[dict[str, Any]]:
-    """``session/load`` (must succeed); returns the replayed ``session/update`` params."""
-    loaded = await c.request("session/load", {"sessionId": sid, "cwd": str(cwd), "mcpServers": []})
+    """``session/load`` (must succeed); returns the replayed ``session/update`` params.
+
+    On PostgreSQL the killed proxy's lease on the session must expire first: the load is
+    retried while the answer is ``session_owned_elsewhere`` (bounded by the trial's limit).
+    """
+    while True:
+        params = {"sessionId": sid, "cwd": str(cwd), "mcpServers": []}
+        loaded = await c.request("session/load", params)
+        if (loaded.error or {}).get("data", {}).get("kind") != "session_owned_elsewhere":
+            break
+        await trio.sleep(0.1)
     assert loaded.error is None, loaded.error
     return [n["params"] for n in loaded.notifications if n["method"] == "session/update"]
 
@@ -163,17 +175,19 @@ class Trial:
     delay: float
     directory: Path
     label: str  #: the seed and parameters, to replay a failure
+    db: str  #: a SQLite file, or a fresh PostgreSQL database
 
     @property
-    def db(self) -> str:
-        return str(self.directory / "sessions.db")
+    def proxy_args(self) -> tuple[str, ...]:
+        # Replicas: the killed proxy's leases must expire before the next one takes over.
+        return ("--lease-ttl-s", str(LEASE_TTL_S)) if self.db.startswith("postgres") else ()
 
     @property
     def agent_args(self) -> tuple[str, ...]:
         return ("--state-dir", str(self.directory / "agent-state"))
 
 
-def _draw_trials(master: int, tmp: Path) -> list[Trial]:
+def _draw_trials(master: int, tmp: Path, new_db: Callable[[int], str]) -> list[Trial]:
     """The trials of seed ``master``; every fifth one kills at once (before any update)."""
     rng = random.Random(master)
     trials = []
@@ -184,7 +198,7 @@ def _draw_trials(master: int, tmp: Path) -> list[Trial]:
             f"{SEED_ENV}={master} trial {number}: chunks={list(chunks)}, "
             f"kill after {delay * 1000:.0f} ms"
         )
-        trials.append(Trial(number, chunks, delay, tmp / f"t{number}", label))
+        trials.append(Trial(number, chunks, delay, tmp / f"t{number}", label, new_db(number)))
     return trials
 
 
@@ -195,7 +209,9 @@ async def _run_until_killed(trial: Trial) -> tuple[list[Seen], set[tuple[int, st
     """
     cwd = str(trial.directory)
     async with (
-        proxy(trial.directory / "first", *trial.agent_args, db=trial.db) as p,
+        proxy(
+            trial.directory / "first", *trial.agent_args, db=trial.db, extra_args=trial.proxy_args
+        ) as p,
         client(p) as c1,
         client(p) as c2,
     ):
@@ -231,7 +247,8 @@ async def _check_restored(trial: Trial, seen: list[Seen]) -> None:
     the turns it had finished and answers a new prompt.
     """
     what, db = trial.label, trial.db
-    async with proxy(trial.directory / "second", *trial.agent_args, db=db) as p:
+    second = trial.directory / "second"
+    async with proxy(second, *trial.agent_args, db=db, extra_args=trial.proxy_args) as p:
         for s in seen:
             async with client(p) as c:
                 replay = _agent_side(await _load(c, s.sid, trial.directory))
@@ -239,7 +256,9 @@ async def _check_restored(trial: Trial, seen: list[Seen]) -> None:
                     f"{what}: the replay of {s.sid} does not start with the {len(s.received)} "
                     f"updates the client received ({s.stage})"
                 )
-                outcomes = dict(_turn_outcomes(db, s.sid))
+                # In a thread: on PostgreSQL the read is a subprocess (asyncpg needs asyncio),
+                # which must not stall the other trial sharing this event loop.
+                outcomes = dict(await trio.to_thread.run_sync(_turn_outcomes, db, s.sid))
                 assert set(outcomes.values()) <= {"completed", "unknown"}, (what, outcomes)
                 if s.answered:
                     assert outcomes == {1: "completed"}, (what, outcomes)
@@ -254,25 +273,44 @@ async def _check_restored(trial: Trial, seen: list[Seen]) -> None:
 async def _run_trial(trial: Trial, limiter: trio.CapacityLimiter, stages: Counter[str]) -> None:
     """Kill, check that the old agents exit, restart and check every session; bounded."""
     async with limiter:
-        with trio.fail_after(TRIAL_LIMIT_S):
+        # On PostgreSQL the killed proxy's leases must expire before the restore (a bounded
+        # wait of at most the lease ttl per session).
+        limit = TRIAL_LIMIT_S + (2 * LEASE_TTL_S if trial.proxy_args else 0)
+        with trio.fail_after(limit):
             seen, agents = await _run_until_killed(trial)
             await _agents_exit(agents, trial.label)
             await _check_restored(trial, seen)
     stages.update(s.stage for s in seen)
 
 
-async def test_kill_9_at_random_points_loses_no_received_event(tmp: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_kill_9_at_random_points_loses_no_received_event(
+    tmp: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     """Kill -9 before, during or after streaming: every update a client received survives.
 
-    Each trial gets a fresh database; after the kill, the old agents exit (their stdin closed
-    with the proxy) and a new proxy restores both sessions from the store and the agents' state.
-    Trials run ``PARALLEL_TRIALS`` at a time: each has its own proxies and database.
+    Each trial gets a fresh database (a SQLite file, or a PostgreSQL database on the test
+    server); after the kill, the old agents exit (their stdin closed with the proxy) and a new
+    proxy restores both sessions from the store and the agents' state. Trials run
+    ``PARALLEL_TRIALS`` at a time: each has its own proxies and database.
     """
+    if backend == "postgresql":
+        server = request.getfixturevalue("pg_server")
+
+        def new_db(number: int) -> str:
+            name = f"durability_{secrets.token_hex(4)}_{number}"
+            return str(server.create_database(name))
+
+    else:
+
+        def new_db(number: int) -> str:
+            return str(tmp / f"t{number}" / "sessions.db")
+
     master = _master_seed()
     stages: Counter[str] = Counter()
     limiter = trio.CapacityLimiter(PARALLEL_TRIALS)
     async with trio.open_nursery() as nursery:
-        for trial in _draw_trials(master, tmp):
+        for trial in _draw_trials(master, tmp, new_db):
             nursery.start_soon(_run_trial, trial, limiter, stages)
     assert set(stages) == {"before any chunk", "mid-stream", "after the turn"}, (
         f"{SEED_ENV}={master}: the kills did not cover every stage: {dict(stages)}"
