@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench opencode clean
+.PHONY: demo test lint bench opencode claude clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # Every benchmark, each writing its section of BENCHMARKS.md (about ten minutes; section 9
-# needs `make opencode` first and is skipped without it).
+# needs `make opencode` and section 12 `make claude` first; each is skipped without it).
 BENCHES := continued_turn restore replay startup overhead throughput bytes_per_turn memory \
-	opencode_turn concurrency
+	opencode_turn concurrency claude_turn
 
 bench: $(STAMP)
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b --write BENCHMARKS.md || status=1; done; \
@@ -37,6 +37,11 @@ bench: $(STAMP)
 # The real opencode agent (npm opencode-ai, pinned) for tests/opencode and bench section 9.
 opencode:
 	bash scripts/install-opencode.sh
+
+# The real claude-agent-acp (npm @zed-industries/claude-agent-acp, pinned) for tests/claude and
+# bench section 12.
+claude:
+	bash scripts/install-claude-agent.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
