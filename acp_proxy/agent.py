@@ -25,6 +25,7 @@ from msgspec import Raw
 
 from store import PendingCommit, SessionStore, StoreError
 
+from .held_sessions import close_held_sessions, noting_reply
 from .logs import get_logger
 from .outbox import Outbox
 from .pipe import PipeWriter
@@ -224,6 +225,8 @@ class AgentProcess:
         self.initialize_result: dict[str, Any] = {}
         self.exit_info: ExitInfo | None = None
         self.exited = anyio.Event()
+        #: the agent's own ids of the sessions this process holds (closed before it is stopped)
+        self.held_sessions: set[str] = set()
         self.log = get_logger(component="agent")
 
     # -- life cycle --------------------------------------------------------------------------
@@ -383,6 +386,7 @@ class AgentProcess:
         if process is None:
             return
         self.outbox.close()
+        await self._close_sessions(process)
         if self._stdin is not None:
             await self._stdin.aclose()  # closing stdin is ACP's shutdown signal (transports.mdx)
         if process.returncode is None:
@@ -408,6 +412,27 @@ class AgentProcess:
                             self.stderr_tail.append(line)
             await process.aclose()
 
+    async def _close_sessions(self, process: Process) -> None:
+        """Close the sessions the process holds first (see :mod:`acp_proxy.held_sessions`)."""
+        stdin, stdout = self._stdin, process.stdout
+        if not self.held_sessions or not self.supports("close") or process.returncode is not None:
+            return
+        if stdin is None or stdout is None:
+            return
+        started = time.monotonic()
+        first_id, self._next_id = self._next_id + 1, self._next_id + len(self.held_sessions)
+        unanswered = None  # stays None when the grace ran out or the pipes were closed
+        with anyio.move_on_after(self._kill_grace_s):
+            unanswered = await close_held_sessions(
+                self.held_sessions, first_id, stdin, stdout, self._max_line_bytes
+            )
+        self.log.info(
+            "agent.sessions_closed",
+            sessions=sorted(self.held_sessions),
+            all_answered=unanswered == {},
+            ms=round((time.monotonic() - started) * 1000, 3),
+        )
+
     async def _on_exit(self) -> None:
         assert self.process is not None
         self.exit_info = ExitInfo(self.process.returncode, list(self.stderr_tail))
@@ -430,7 +455,7 @@ class AgentProcess:
         """Send a request with a fresh proxy-allocated id; ``on_reply`` gets the answer."""
         self._next_id += 1
         ident = self._next_id
-        self._pending[ident] = (method, on_reply)
+        self._pending[ident] = (method, noting_reply(self.held_sessions, method, params, on_reply))
         self.outbox.send_nowait(encode_request(ident, method, params))
         return ident
 

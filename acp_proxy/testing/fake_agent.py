@@ -22,6 +22,8 @@ Process knobs (command line; those marked * are per-turn defaults, see below):
   --no-load / --no-resume  do not advertise loadSession / sessionCapabilities.resume
   --exit-at-start CODE     print one stderr line and exit with CODE at once
   --stderr-lines N         write N log lines to stderr at startup (0)
+  --hold-on-eof            at stdin EOF, keep running while any session is open (until a
+                           signal), as claude-agent-acp does; close them first to let it exit
   --state-dir DIR          persist sessions as DIR/<sessionId>.json (after session/new and every
                            turn) so another process can session/load or session/resume them
 
@@ -556,6 +558,8 @@ class Agent:
                 continue
             if not line:
                 sys.stderr.flush()
+                if self.args.hold_on_eof and self.sessions:
+                    await asyncio.Event().wait()  # ends with a signal only
                 os._exit(0)  # EOF: finish nothing
             if line.strip():
                 self.dispatch(line)
@@ -897,6 +901,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exit-at-start", type=int, default=None, metavar="CODE")
     p.add_argument("--stderr-lines", type=int, default=0, metavar="N")
     p.add_argument("--state-dir", default=None, metavar="DIR")
+    p.add_argument("--hold-on-eof", action="store_true")
     return p.parse_args(argv)
 
 
