@@ -34,15 +34,15 @@ from typing import Any
 
 import anyio
 
-from acp_proxy.testing.client import AcpClient, Reply
+from acp_proxy.testing.client import AcpClient
 from acp_proxy.testing.proxy_process import run_proxy
 from bench._common import (
     ContinuedRun,
     Stamp,
-    agent_text,
     alternate,
+    checked_first_turn,
     continued_turn,
-    first_token,
+    continued_turn_check,
     load_average,
     ms,
     new_parser,
@@ -62,30 +62,6 @@ SETUP_LIMIT_S = 180.0
 SETTLE_S = 3.0  #: pause after setting up, so the proxy's replacement spare is up and idle
 
 
-def _check(reply: Reply, n: int, what: str) -> float:
-    """The first-token time of turn ``n``, after checking it continued the conversation."""
-    first = first_token(reply, what)
-    expected = f"I have seen {n} user messages. Last: continued turn {n}"
-    if n == 1:
-        expected = "I have seen 1 user messages. Last: turn 1"
-    text = agent_text(reply.updates())
-    if text != expected:
-        raise RuntimeError(f"{what}: expected {expected!r}, got {text!r}")
-    return first
-
-
-def _check_continued(reply: Reply, n: int) -> float:
-    return _check(reply, n, f"continued turn {n}")
-
-
-async def _first_turn(client: AcpClient, cwd: str, what: str) -> tuple[str, dict[str, Any]]:
-    """Create a session and run turn 1; returns the session id and the initialize result."""
-    info = await client.initialize()
-    sid = await client.new_session(cwd)
-    _check(await client.prompt(sid, "turn 1"), 1, what)
-    return sid, info
-
-
 # -- scenario A: opencode is re-spawned for every turn -----------------------------------------
 
 
@@ -95,7 +71,7 @@ async def setup_a(home: OpencodeHome, env: dict[str, str]) -> tuple[str, str]:
     Returns the session id and opencode's version (from its ``initialize``).
     """
     async with AcpClient.spawn(agent_command(home.work), env=env) as client:
-        sid, info = await _first_turn(client, str(home.work), "A turn 1")
+        sid, info = await checked_first_turn(client, str(home.work), "A turn 1")
         await _end(client)
     return sid, str((info.get("agentInfo") or {}).get("version"))
 
@@ -117,7 +93,7 @@ async def _end(client: AcpClient) -> float:
 async def run_a(home: OpencodeHome, env: dict[str, str], sid: str, n: int) -> ContinuedRun:
     start = time.perf_counter()
     async with AcpClient.spawn(agent_command(home.work), env=env) as client:
-        run = await continued_turn(client, sid, str(home.work), start, n, _check_continued)
+        run = await continued_turn(client, sid, str(home.work), start, n, continued_turn_check)
         run.exit_s = await _end(client)
     return run
 
@@ -128,13 +104,13 @@ async def run_a(home: OpencodeHome, env: dict[str, str], sid: str, n: int) -> Co
 async def setup_b(socket: str, cwd: str) -> str:
     """A first client creates the session through the proxy, runs turn 1 and disconnects."""
     async with AcpClient.connect(socket) as client:
-        return (await _first_turn(client, cwd, "B turn 1"))[0]
+        return (await checked_first_turn(client, cwd, "B turn 1"))[0]
 
 
 async def run_b(socket: str, cwd: str, sid: str, n: int) -> ContinuedRun:
     start = time.perf_counter()
     async with AcpClient.connect(socket) as client:
-        return await continued_turn(client, sid, cwd, start, n, _check_continued)
+        return await continued_turn(client, sid, cwd, start, n, continued_turn_check)
 
 
 # -- report ------------------------------------------------------------------------------------

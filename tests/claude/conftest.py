@@ -22,9 +22,6 @@ from tests.real_agent.world import reap
 from .fake_anthropic import FakeAnthropic
 from .harness import INSTALL_HINT, ClaudeHome, agent_command, installed
 
-#: bound on any single test's body: the agent starts in ~0.4 s, a session (one Claude Code CLI
-#: process) in ~1.6 s on an idle 2-core machine, several times that when the machine is loaded
-TEST_LIMIT_S = 150.0
 #: the proxy's kill grace: short, so a test sees at once whether an agent exits by itself
 KILL_GRACE_S = 5.0
 

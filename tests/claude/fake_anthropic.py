@@ -24,6 +24,7 @@ from tests.real_agent.model_server import (
     ModelHandler,
     ModelRequest,
     ModelServer,
+    content_text,
 )
 
 __all__ = ["FakeAnthropic", "conversation_of"]
@@ -36,18 +37,6 @@ _USAGE = {
     "cache_creation_input_tokens": 0,
     "cache_read_input_tokens": 0,
 }
-
-
-def _block_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(b.get("text", ""))
-            for b in content
-            if isinstance(b, dict) and b.get("type") == "text"
-        )
-    return ""
 
 
 def _own_text(content: Any) -> str | None:
@@ -86,7 +75,7 @@ def conversation_of(body: dict[str, Any]) -> Conversation:
             if isinstance(b, dict) and b.get("type") == "tool_result"
         ]
         if results:
-            tool_result = _block_text(results[-1].get("content"))
+            tool_result = content_text(results[-1].get("content"))
     tools = [str(t.get("name", "")) for t in body.get("tools") or [] if isinstance(t, dict)]
     return Conversation(users, tools, tool_result)
 

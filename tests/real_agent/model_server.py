@@ -43,6 +43,7 @@ __all__ = [
     "ModelRequest",
     "ModelServer",
     "answer",
+    "content_text",
     "seen",
 ]
 
@@ -51,6 +52,19 @@ SLOW_REPLY = "SLOW_REPLY"  #: in the last user message: stream the answer slowly
 SLOW_CHUNK_DELAY_S = 0.5
 BASH_OUTPUT = "fake-bash-ran-ok"
 BASH_COMMAND = f"echo {BASH_OUTPUT} | tee bash-ran.txt"
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
 
 
 def seen(n: int, last: str) -> str:
