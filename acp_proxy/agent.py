@@ -386,11 +386,13 @@ class AgentProcess:
         if process is None:
             return
         self.outbox.close()
+        # Closing the sessions and the exit after EOF share one grace: SIGTERM comes no later.
+        grace_ends = anyio.current_time() + self._kill_grace_s
         await self._close_sessions(process)
         if self._stdin is not None:
             await self._stdin.aclose()  # closing stdin is ACP's shutdown signal (transports.mdx)
         if process.returncode is None:
-            with anyio.move_on_after(self._kill_grace_s):
+            with anyio.move_on_after(max(0.0, grace_ends - anyio.current_time())):
                 await process.wait()
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if process.returncode is not None:

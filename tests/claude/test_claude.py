@@ -26,7 +26,7 @@ from tests.real_agent.scenarios import (
     two_turns,
     user_texts,
 )
-from tests.real_agent.world import client, proxy_meta, text_of
+from tests.real_agent.world import agent_pid, client, log_lines, proxy_meta, text_of, wait_dead
 
 from .conftest import KILL_GRACE_S, Claude
 from .harness import agent_command
@@ -198,3 +198,23 @@ async def test_replay_after_restore_has_every_line_the_client_saw(claude: Claude
             loaded = await c.request("session/load", session_params(cl, sid))
             replay = [n["params"] for n in loaded.notifications]
             assert _not_user(replay) == _not_user(seen_by_c)
+
+
+async def test_closing_a_session_lets_the_agent_exit_by_itself(claude: Claude) -> None:
+    """session/close from the client: the proxy closes the agent's session before its stdin,
+    so claude-agent-acp (which ignores EOF while it holds a session) exits at once, code 0."""
+    cl = claude
+    with trio.fail_after(TEST_LIMIT_S):
+        async with cl.proxy() as p:
+            async with client(p) as c:
+                sid = await first_turn(c, cl)
+                pid = agent_pid(p, sid)
+                started = trio.current_time()
+                closed = await c.request("session/close", {"sessionId": sid})
+                assert closed.error is None, closed.error
+                await wait_dead(pid, within_s=3 * KILL_GRACE_S)
+                assert trio.current_time() - started < KILL_GRACE_S / 2
+            (closing,) = log_lines(p, "agent.sessions_closed")
+            assert closing["all_answered"] is True and len(closing["sessions"]) == 1
+            exits = [e for e in log_lines(p, "agent.exited") if e.get("agent_pid") == pid]
+            assert [e["returncode"] for e in exits] == [0]  # by itself, not by SIGTERM
