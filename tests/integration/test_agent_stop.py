@@ -68,6 +68,9 @@ async def test_proxy_stop_closes_every_held_session_first(tmp_path: Path) -> Non
                 killed = agent_pid(p, second)
                 os.kill(killed, signal.SIGKILL)
                 await wait_dead(killed)
+                with trio.fail_after(10):  # the proxy has seen it go: the next prompt restores
+                    while not log_lines(p, "session.agent_gone"):  # noqa: ASYNC110
+                        await trio.sleep(0.05)
                 reply = await c.prompt(second, "after the kill")  # restored: session/resume
                 assert reply.error is None, reply.error
                 assert [e["rung"] for e in log_lines(p, "session.restored")] == ["resume"]
