@@ -24,6 +24,7 @@ Process knobs (command line; those marked * are per-turn defaults, see below):
   --stderr-lines N         write N log lines to stderr at startup (0)
   --hold-on-eof            at stdin EOF, keep running while any session is open (until a
                            signal), as claude-agent-acp does; close them first to let it exit
+  --ignore-close           never answer session/close (and keep the session open)
   --state-dir DIR          persist sessions as DIR/<sessionId>.json (after session/new and every
                            turn) so another process can session/load or session/resume them
 
@@ -776,6 +777,8 @@ class Agent:
         return await self.session_load(params, rid, replay=False)
 
     async def session_close(self, params: dict[str, Any], rid: Any) -> Any:
+        if self.args.ignore_close:
+            await asyncio.Event().wait()  # never answered
         session = self.sessions.pop(_sid(params), None)
         if session is not None and session.turn is not None:
             session.turn.cancel()
@@ -902,6 +905,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stderr-lines", type=int, default=0, metavar="N")
     p.add_argument("--state-dir", default=None, metavar="DIR")
     p.add_argument("--hold-on-eof", action="store_true")
+    p.add_argument("--ignore-close", action="store_true")
     return p.parse_args(argv)
 
 

@@ -81,3 +81,26 @@ async def test_proxy_stop_closes_every_held_session_first(tmp_path: Path) -> Non
             assert trio.current_time() - started < KILL_GRACE_S / 2
             assert p.process.returncode == 0
             assert [_exit_of(p, pid)["returncode"] for pid in pids] == [0, 0]
+
+
+async def test_an_unanswered_close_costs_no_more_than_the_grace(tmp_path: Path) -> None:
+    """An agent that never answers session/close (and ignores EOF) is sent SIGTERM one kill
+    grace after the stop began: closing and the exit after EOF share the grace."""
+    grace = 2.0
+    config = tmp_path / "config.toml"
+    config.write_text(f"kill_grace_s = {grace}\nwarm_spares = 0\n")
+    args = ("--hold-on-eof", "--ignore-close")
+    with trio.fail_after(30):
+        async with proxy(tmp_path, *args, extra_args=("--config", str(config))) as p:
+            async with client(p) as c:
+                sid = await c.new_session()
+                await c.prompt(sid, "hello")
+                pid = agent_pid(p, sid)
+                started = trio.current_time()
+                await c.request("session/close", {"sessionId": sid})
+                await wait_dead(pid, within_s=4 * grace)
+                took = trio.current_time() - started
+            assert grace <= took < 1.5 * grace
+            assert _exit_of(p, pid)["returncode"] == -signal.SIGTERM
+            (closing,) = log_lines(p, "agent.sessions_closed")
+            assert closing["all_answered"] is False
