@@ -363,7 +363,7 @@ def first_token(reply: Reply, what: str) -> float:
     return reply.first_update_at
 
 
-# -- continued turns: bench.continued_turn, bench.opencode_turn, bench.claude_turn ------------
+# -- continued turns: bench.continued_turn and the real agents' (bench._real_agent) -----------
 
 
 @dataclass
@@ -377,29 +377,6 @@ class ContinuedRun:
     replayed: int  #: session/update notifications received while loading (the replayed history)
     meta: dict[str, Any] = field(default_factory=dict)  #: the proxy's _meta timings (B only)
     exit_s: float = 0.0  #: re-spawned only, not timed: stdin closed -> process gone
-
-
-def continued_turn_check(reply: Reply, n: int, what: str = "") -> float:
-    """The first-token time of turn ``n`` of a real agent's conversation with the fake model of
-    ``tests/real_agent``, after checking that it continued the conversation."""
-    what = what or f"continued turn {n}"
-    first = first_token(reply, what)
-    expected = f"I have seen {n} user messages. Last: continued turn {n}"
-    if n == 1:
-        expected = "I have seen 1 user messages. Last: turn 1"
-    text = agent_text(reply.updates())
-    if text != expected:
-        raise RuntimeError(f"{what}: expected {expected!r}, got {text!r}")
-    return first
-
-
-async def checked_first_turn(client: AcpClient, cwd: str, what: str) -> tuple[str, dict[str, Any]]:
-    """Create a session and run turn 1 (checked as :func:`continued_turn_check` does); returns
-    the session id and the initialize result."""
-    info = await client.initialize()
-    sid = await client.new_session(cwd)
-    continued_turn_check(await client.prompt(sid, "turn 1"), 1, what)
-    return sid, info
 
 
 async def continued_turn(

@@ -49,21 +49,23 @@ from acp_proxy.testing.proxy_process import ProxyHandle, run_proxy
 from bench._common import (
     ContinuedRun,
     Stamp,
-    alternate,
-    checked_first_turn,
     children,
     continued_turn,
-    continued_turn_check,
     least_squares_slope,
     load_average,
-    ms,
     new_parser,
     parse,
     render_continued,
     report,
     row,
     run_main,
-    served_by,
+)
+from bench._real_agent import (
+    alternate_with_proxy,
+    checked_first_turn,
+    continued_turn_check,
+    new_conversation,
+    real_agent_notes,
 )
 from tests.claude.fake_anthropic import FakeAnthropic
 from tests.claude.harness import INSTALL_HINT, ClaudeHome, agent_command, installed
@@ -111,21 +113,6 @@ async def run_a(home: ClaudeHome, env: dict[str, str], sid: str, n: int) -> Cont
         run = await continued_turn(client, sid, str(home.work), start, n, continued_turn_check)
         run.exit_s = await _end(client, sid)
     return run
-
-
-# -- scenario B: through the proxy, the agent stays warm ---------------------------------------
-
-
-async def new_conversation(socket: str, cwd: str, what: str) -> str:
-    """A client creates a session through the proxy, runs turn 1 and disconnects."""
-    async with AcpClient.connect(socket) as client:
-        return (await checked_first_turn(client, cwd, what))[0]
-
-
-async def run_b(socket: str, cwd: str, sid: str, n: int) -> ContinuedRun:
-    start = time.perf_counter()
-    async with AcpClient.connect(socket) as client:
-        return await continued_turn(client, sid, cwd, start, n, continued_turn_check)
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -215,13 +202,10 @@ def render(
         runs_b,
         GOAL_RATIO,
     )
+    lines += real_agent_notes(
+        "agent", "`session/close` + process exit after stdin is closed", runs_a, runs_b, notes
+    )
     lines += [
-        "",
-        f"B served every continued turn with agent(s): {served_by(runs_b)}; the proxy spawned "
-        f"{notes['b_spawned']} agent process(es) in all, "
-        f"{notes['b_spawned'] - notes['b_spawned_before']} of them during the timed runs.",
-        f"Not timed: A's `session/close` + process exit after stdin is closed, median "
-        f"{ms(statistics.median(r.exit_s for r in runs_a))} ms (A pays it too, between turns).",
         "",
         "Memory under the proxy with N live conversations, MB of PSS (`smaps_rollup`; shared "
         "pages split between the processes that map them):",
@@ -262,10 +246,6 @@ def render(
     return "\n".join(lines) + "\n", passed
 
 
-def _spawned(logs: list[dict[str, Any]]) -> int:
-    return sum(1 for e in logs if e.get("event") == "agent.spawned")
-
-
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -296,17 +276,14 @@ async def main() -> int:
             session_a, notes["version"] = await setup_a(home_a, env_a)
         cwd_b = str(home_b.work)
         async with run_proxy(tmp / "proxy", agent_command(), env=env_b) as proxy:
-            with anyio.fail_after(SETUP_LIMIT_S):
-                session_b = await new_conversation(proxy.socket, cwd_b, "B turn 1")
-            await anyio.sleep(SETTLE_S)
-            notes["b_spawned_before"] = _spawned(proxy.logs())
-            runs_a, runs_b = await alternate(
+            runs_a, runs_b = await alternate_with_proxy(
+                proxy,
+                cwd_b,
                 args.runs,
-                RUN_LIMIT_S,
+                (SETUP_LIMIT_S, RUN_LIMIT_S, SETTLE_S),
                 lambda n: run_a(home_a, env_a, session_a, n),
-                lambda n: run_b(proxy.socket, cwd_b, session_b, n),
+                notes,
             )
-            notes["b_spawned"] = _spawned(proxy.logs())
             memory = await measure_memory(proxy, cwd_b, 1, args.conversations)
     notes["load_after"] = load_average()
     body, passed = render(runs_a, runs_b, memory, notes)

@@ -24,7 +24,6 @@ conversation (the fake model reports how many user messages it was sent).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -39,18 +38,19 @@ from acp_proxy.testing.proxy_process import run_proxy
 from bench._common import (
     ContinuedRun,
     Stamp,
-    alternate,
-    checked_first_turn,
     continued_turn,
-    continued_turn_check,
     load_average,
-    ms,
     new_parser,
     parse,
     render_continued,
     report,
     run_main,
-    served_by,
+)
+from bench._real_agent import (
+    alternate_with_proxy,
+    checked_first_turn,
+    continued_turn_check,
+    real_agent_notes,
 )
 from tests.opencode.fake_model import FakeModel
 from tests.opencode.harness import INSTALL_HINT, OpencodeHome, agent_command, installed, prime
@@ -98,21 +98,6 @@ async def run_a(home: OpencodeHome, env: dict[str, str], sid: str, n: int) -> Co
     return run
 
 
-# -- scenario B: through the proxy, opencode stays warm ----------------------------------------
-
-
-async def setup_b(socket: str, cwd: str) -> str:
-    """A first client creates the session through the proxy, runs turn 1 and disconnects."""
-    async with AcpClient.connect(socket) as client:
-        return (await checked_first_turn(client, cwd, "B turn 1"))[0]
-
-
-async def run_b(socket: str, cwd: str, sid: str, n: int) -> ContinuedRun:
-    start = time.perf_counter()
-    async with AcpClient.connect(socket) as client:
-        return await continued_turn(client, sid, cwd, start, n, continued_turn_check)
-
-
 # -- report ------------------------------------------------------------------------------------
 
 
@@ -132,21 +117,14 @@ def render(
         runs_b,
         GOAL_RATIO,
     )
+    lines += real_agent_notes(
+        "opencode", "process exit after stdin is closed", runs_a, runs_b, notes
+    )
     lines += [
-        "",
-        f"B served every continued turn with agent(s): {served_by(runs_b)}; the proxy spawned "
-        f"{notes['b_spawned']} opencode process(es) in all, "
-        f"{notes['b_spawned'] - notes['b_spawned_before']} of them during the timed runs.",
-        f"Not timed: A's process exit after stdin is closed, median "
-        f"{ms(statistics.median(r.exit_s for r in runs_a))} ms (A pays it too, between turns).",
         f"Machine load average (1 min) before / after: {notes['load_before']} / "
         f"{notes['load_after']}.",
     ]
     return "\n".join(lines) + "\n", passed
-
-
-def _spawned(logs: list[dict[str, Any]]) -> int:
-    return sum(1 for e in logs if e.get("event") == "agent.spawned")
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -180,17 +158,14 @@ async def main() -> int:
         with anyio.fail_after(SETUP_LIMIT_S):
             session_a, notes["version"] = await setup_a(home_a, env_a)
         async with run_proxy(tmp / "proxy", agent_command(home_b.work), env=env_b) as proxy:
-            with anyio.fail_after(SETUP_LIMIT_S):
-                session_b = await setup_b(proxy.socket, str(home_b.work))
-            await anyio.sleep(SETTLE_S)
-            notes["b_spawned_before"] = _spawned(proxy.logs())
-            runs_a, runs_b = await alternate(
+            runs_a, runs_b = await alternate_with_proxy(
+                proxy,
+                str(home_b.work),
                 args.runs,
-                RUN_LIMIT_S,
+                (SETUP_LIMIT_S, RUN_LIMIT_S, SETTLE_S),
                 lambda n: run_a(home_a, env_a, session_a, n),
-                lambda n: run_b(proxy.socket, str(home_b.work), session_b, n),
+                notes,
             )
-            notes["b_spawned"] = _spawned(proxy.logs())
     notes["load_after"] = load_average()
     body, passed = render(runs_a, runs_b, notes)
     return report(SECTION_TITLE, stamp.header(), body, passed, args.write)
