@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON := $(BIN)/python
 
-.PHONY: demo test lint typecheck lock test-latest test-lowest bench opencode postgres clean
+.PHONY: demo test lint typecheck lock test-latest test-lowest bench opencode claude postgres clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -70,10 +70,10 @@ test-lowest: $(UV)
 	.venv-lowest/bin/python -m pytest $(PYTEST_ARGS)
 
 # Every benchmark, each writing its section of BENCHMARKS.md (about ten minutes; section 9
-# needs `make opencode` first and is skipped without it, and draws its figure with matplotlib,
-# the `bench` extra; section 12 measures the fake agent without it).
+# needs `make opencode`, section 14 `make claude` first, each skipped without it; section 9 draws
+# its figure with matplotlib, the `bench` extra; section 12 measures the fake agent without it).
 BENCHES := continued_turn restore replay startup overhead throughput bytes_per_turn memory \
-	opencode_turn concurrency agent_memory postgres
+	opencode_turn concurrency agent_memory postgres claude_turn
 
 bench: $(STAMP)
 	$(UV) sync --quiet --frozen --inexact --extra test --extra bench --no-build-isolation
@@ -90,6 +90,11 @@ postgres:
 # The real opencode agent (npm opencode-ai, pinned) for tests/opencode and bench section 9.
 opencode:
 	bash scripts/install-opencode.sh
+
+# The real claude-agent-acp (npm @zed-industries/claude-agent-acp, pinned) for tests/claude and
+# bench section 12.
+claude:
+	bash scripts/install-claude-agent.sh
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lowest .venv-lowest.txt .pytest_cache .ruff_cache \

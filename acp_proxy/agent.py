@@ -16,7 +16,6 @@ started is still alive (a wrapper script that died leaves the real agent in that
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections import deque
@@ -32,9 +31,11 @@ from store import PendingCommit, SessionStore, StaleLeaseError, StoreError
 
 from . import __version__
 from .batch import AgentError, AgentExited, Batch, ExitInfo, LineSink
+from .held_sessions import close_sessions, noting_reply
 from .logs import get_logger
 from .outbox import Outbox
 from .pipe import PipeWriter
+from .process_group import read_stderr_tail, stop_group
 from .protocol import (
     AGENT_EXITED,
     EMPTY,
@@ -156,6 +157,8 @@ class AgentProcess:
         #: called (synchronously) once the process has ended, after its pending requests
         #: were failed: how the pool learns that a slot is free
         self.exit_callbacks: list[Callable[[AgentProcess], None]] = []
+        #: the agent's own ids of the sessions this process holds (closed before it is stopped)
+        self.held_sessions: set[str] = set()
         self.log = get_logger(component="agent")
 
     # -- life cycle --------------------------------------------------------------------------
@@ -338,35 +341,22 @@ class AgentProcess:
         process = self.process
         if process is None:
             return
+        # Closing the sessions and the exit after EOF share one grace: SIGTERM comes no later.
+        grace_ends = anyio.current_time() + self._kill_grace_s
+        if not self._stdout_done.is_set():  # still read: the answers can come
+            await close_sessions(self, self._kill_grace_s)
         self.outbox.close()
         if self._stdin is not None:
             await self._stdin.aclose()  # closing stdin is ACP's shutdown signal (transports.mdx)
         if process.returncode is None:
-            with anyio.move_on_after(self._kill_grace_s):
+            with anyio.move_on_after(max(0.0, grace_ends - anyio.current_time())):
                 await process.wait()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            # The group outlives the process we started when that was a wrapper (a shell
-            # script, npx) whose child is the real agent: signal the group in any case. Its id
-            # cannot be reused while any member is left (the kernel keeps it allocated).
-            if not _signal_group(process.pid, sig):
-                break
-            with anyio.move_on_after(self._kill_grace_s):
-                await process.wait()
-                # No event tells when a group empties: poll, bounded by the grace period.
-                while _signal_group(process.pid, 0):  # noqa: ASYNC110
-                    await anyio.sleep(0.02)
-        await process.wait()
+        await stop_group(process, self._kill_grace_s)
 
     async def _terminate(self) -> None:
         await self._end_process()
-        process = self.process
-        if process is not None and process.stderr is not None:  # the tail explains the exit
-            with anyio.move_on_after(0.2):
-                async for data in process.stderr:
-                    for line in data.decode(errors="replace").splitlines():
-                        if line.strip():
-                            self.stderr_tail.append(line)
-            await process.aclose()
+        if self.process is not None:
+            await read_stderr_tail(self.process, self.stderr_tail)
 
     async def _on_exit(self) -> None:
         assert self.process is not None
@@ -392,7 +382,7 @@ class AgentProcess:
         """Send a request with a fresh proxy-allocated id; ``on_reply`` gets the answer."""
         self._next_id += 1
         ident = self._next_id
-        self._pending[ident] = (method, on_reply)
+        self._pending[ident] = (method, noting_reply(self.held_sessions, method, params, on_reply))
         self.outbox.send_nowait(encode_request(ident, method, params))
         return ident
 
@@ -413,6 +403,11 @@ class AgentProcess:
     def forget_request(self, ident: int) -> None:
         """Drop the callback of a request whose answer no longer matters."""
         self._pending.pop(ident, None)
+
+    @property
+    def stopping_stdin_closed(self) -> bool:
+        """Nothing can be sent to the agent any more (its stdin queue is closed)."""
+        return self.outbox.closed
 
     @property
     def alive(self) -> bool:
@@ -488,14 +483,3 @@ class AgentProcess:
         if self.first_message_at is None:
             return 0.0
         return (self.first_message_at - self.spawned_at) * 1000
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Send ``sig`` (0: just look) to a process group; False when no member is left."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a member changed its credentials: not ours to signal any more
-        return False
-    return True

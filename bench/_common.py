@@ -363,7 +363,7 @@ def first_token(reply: Reply, what: str) -> float:
     return reply.first_update_at
 
 
-# -- continued turns: bench.continued_turn and bench.opencode_turn -----------------------------
+# -- continued turns: bench.continued_turn and the real agents' (bench._real_agent) -----------
 
 
 @dataclass

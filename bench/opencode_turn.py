@@ -24,7 +24,6 @@ conversation (the fake model reports how many user messages it was sent).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -34,23 +33,24 @@ from typing import Any
 
 import anyio
 
-from acp_proxy.testing.client import AcpClient, Reply
+from acp_proxy.testing.client import AcpClient
 from acp_proxy.testing.proxy_process import run_proxy
 from bench._common import (
     ContinuedRun,
     Stamp,
-    agent_text,
-    alternate,
     continued_turn,
-    first_token,
     load_average,
-    ms,
     new_parser,
     parse,
     render_continued,
     report,
     run_main,
-    served_by,
+)
+from bench._real_agent import (
+    alternate_with_proxy,
+    checked_first_turn,
+    continued_turn_check,
+    real_agent_notes,
 )
 from bench.plot import ttft_png
 from tests.opencode.fake_model import FakeModel
@@ -65,30 +65,6 @@ SETUP_LIMIT_S = 180.0
 SETTLE_S = 3.0  #: pause after setting up, so the proxy's replacement spare is up and idle
 
 
-def _check(reply: Reply, n: int, what: str) -> float:
-    """The first-token time of turn ``n``, after checking it continued the conversation."""
-    first = first_token(reply, what)
-    expected = f"I have seen {n} user messages. Last: continued turn {n}"
-    if n == 1:
-        expected = "I have seen 1 user messages. Last: turn 1"
-    text = agent_text(reply.updates())
-    if text != expected:
-        raise RuntimeError(f"{what}: expected {expected!r}, got {text!r}")
-    return first
-
-
-def _check_continued(reply: Reply, n: int) -> float:
-    return _check(reply, n, f"continued turn {n}")
-
-
-async def _first_turn(client: AcpClient, cwd: str, what: str) -> tuple[str, dict[str, Any]]:
-    """Create a session and run turn 1; returns the session id and the initialize result."""
-    info = await client.initialize()
-    sid = await client.new_session(cwd)
-    _check(await client.prompt(sid, "turn 1"), 1, what)
-    return sid, info
-
-
 # -- scenario A: opencode is re-spawned for every turn -----------------------------------------
 
 
@@ -98,7 +74,7 @@ async def setup_a(home: OpencodeHome, env: dict[str, str]) -> tuple[str, str]:
     Returns the session id and opencode's version (from its ``initialize``).
     """
     async with AcpClient.spawn(agent_command(home.work), env=env) as client:
-        sid, info = await _first_turn(client, str(home.work), "A turn 1")
+        sid, info = await checked_first_turn(client, str(home.work), "A turn 1")
         await _end(client)
     return sid, str((info.get("agentInfo") or {}).get("version"))
 
@@ -120,24 +96,9 @@ async def _end(client: AcpClient) -> float:
 async def run_a(home: OpencodeHome, env: dict[str, str], sid: str, n: int) -> ContinuedRun:
     start = time.perf_counter()
     async with AcpClient.spawn(agent_command(home.work), env=env) as client:
-        run = await continued_turn(client, sid, str(home.work), start, n, _check_continued)
+        run = await continued_turn(client, sid, str(home.work), start, n, continued_turn_check)
         run.exit_s = await _end(client)
     return run
-
-
-# -- scenario B: through the proxy, opencode stays warm ----------------------------------------
-
-
-async def setup_b(socket: str, cwd: str) -> str:
-    """A first client creates the session through the proxy, runs turn 1 and disconnects."""
-    async with AcpClient.connect(socket) as client:
-        return (await _first_turn(client, cwd, "B turn 1"))[0]
-
-
-async def run_b(socket: str, cwd: str, sid: str, n: int) -> ContinuedRun:
-    start = time.perf_counter()
-    async with AcpClient.connect(socket) as client:
-        return await continued_turn(client, sid, cwd, start, n, _check_continued)
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -159,21 +120,14 @@ def render(
         runs_b,
         GOAL_RATIO,
     )
+    lines += real_agent_notes(
+        "opencode", "process exit after stdin is closed", runs_a, runs_b, notes
+    )
     lines += [
-        "",
-        f"B served every continued turn with agent(s): {served_by(runs_b)}; the proxy spawned "
-        f"{notes['b_spawned']} opencode process(es) in all, "
-        f"{notes['b_spawned'] - notes['b_spawned_before']} of them during the timed runs.",
-        f"Not timed: A's process exit after stdin is closed, median "
-        f"{ms(statistics.median(r.exit_s for r in runs_a))} ms (A pays it too, between turns).",
         f"Machine load average (1 min) before / after: {notes['load_before']} / "
         f"{notes['load_after']}.",
     ]
     return "\n".join(lines) + "\n", passed
-
-
-def _spawned(logs: list[dict[str, Any]]) -> int:
-    return sum(1 for e in logs if e.get("event") == "agent.spawned")
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -207,17 +161,14 @@ async def main() -> int:
         with anyio.fail_after(SETUP_LIMIT_S):
             session_a, notes["version"] = await setup_a(home_a, env_a)
         async with run_proxy(tmp / "proxy", agent_command(home_b.work), env=env_b) as proxy:
-            with anyio.fail_after(SETUP_LIMIT_S):
-                session_b = await setup_b(proxy.socket, str(home_b.work))
-            await anyio.sleep(SETTLE_S)
-            notes["b_spawned_before"] = _spawned(proxy.logs())
-            runs_a, runs_b = await alternate(
+            runs_a, runs_b = await alternate_with_proxy(
+                proxy,
+                str(home_b.work),
                 args.runs,
-                RUN_LIMIT_S,
+                (SETUP_LIMIT_S, RUN_LIMIT_S, SETTLE_S),
                 lambda n: run_a(home_a, env_a, session_a, n),
-                lambda n: run_b(proxy.socket, str(home_b.work), session_b, n),
+                notes,
             )
-            notes["b_spawned"] = _spawned(proxy.logs())
     notes["load_after"] = load_average()
     body, passed = render(runs_a, runs_b, notes)
     if args.write and ttft_png(

@@ -375,3 +375,20 @@ def test_malformed_and_unknown() -> None:
         )
         agent.proc.stdin.close()  # type: ignore[union-attr]
         assert agent.wait() == 0
+
+
+def test_hold_on_eof_keeps_running_while_a_session_is_open() -> None:
+    """--hold-on-eof: EOF with an open session does not end the process; with every session
+    closed first, EOF ends it at once."""
+    with fake_agent("--hold-on-eof") as agent:
+        agent.new_session()
+        assert agent.proc.stdin is not None
+        agent.proc.stdin.close()
+        with pytest.raises(subprocess.TimeoutExpired):
+            agent.wait(timeout=1.0)
+    with fake_agent("--hold-on-eof") as agent:
+        sid = agent.new_session()
+        assert agent.call("session/close", {"sessionId": sid})["result"] == {}
+        assert agent.proc.stdin is not None
+        agent.proc.stdin.close()
+        assert agent.wait() == 0

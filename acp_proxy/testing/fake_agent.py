@@ -23,6 +23,9 @@ Process knobs (command line; those marked * are per-turn defaults, see below):
   --exit-at-start CODE     print one stderr line and exit with CODE at once
   --refuse-new             answer every session/new with a -32603 error
   --stderr-lines N         write N log lines to stderr at startup (0)
+  --hold-on-eof            at stdin EOF, keep running while any session is open (until a
+                           signal), as claude-agent-acp does; close them first to let it exit
+  --ignore-close           never answer session/close (and keep the session open)
   --state-dir DIR          persist sessions as DIR/<sessionId>.json (after session/new and every
                            turn) so another process can session/load or session/resume them
 
@@ -70,7 +73,7 @@ from typing import Any
 
 import msgspec
 
-from .fake_state import load_session, open_stdin, save_session
+from .fake_state import load_session, open_stdin, parse_args, save_session
 from .fake_turn import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -175,6 +178,8 @@ class Agent:
                 continue
             if not line:
                 sys.stderr.flush()
+                if self.args.hold_on_eof and self.sessions:
+                    await asyncio.Event().wait()  # ends with a signal only
                 os._exit(0)  # EOF: finish nothing
             if line.strip():
                 self.dispatch(line)
@@ -346,6 +351,8 @@ class Agent:
         return await self.session_load(params, rid, replay=False)
 
     async def session_close(self, params: dict[str, Any], rid: Any) -> Any:
+        if self.args.ignore_close:
+            await asyncio.Event().wait()  # never answered
         session = self.sessions.pop(_sid(params), None)
         if session is not None and session.turn is not None:
             session.turn.cancel()
@@ -450,32 +457,6 @@ class Agent:
             },
             "env": {k: v for k, v in os.environ.items() if k.startswith(("FAKE_", "OPEN_DESIGN_"))},
         }
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m acp_proxy.testing.fake_agent", description="A scripted ACP agent on stdio."
-    )
-    p.add_argument("--startup-delay", type=float, default=0.0, metavar="S")
-    p.add_argument("--session-init-delay", type=float, default=0.0, metavar="S")
-    p.add_argument("--first-token-delay", type=float, default=0.0, metavar="S")
-    p.add_argument("--chunk-delay", type=float, default=0.0, metavar="S")
-    p.add_argument("--chunks", type=int, default=3, metavar="N")
-    p.add_argument("--chunk-size", type=int, default=24, metavar="B")
-    p.add_argument("--thoughts", type=int, default=1, metavar="N")
-    p.add_argument("--tool-calls", type=int, default=1, metavar="N")
-    p.add_argument("--plan", action="store_true")
-    p.add_argument("--permission", action="store_true")
-    p.add_argument("--fs-read", default=None, metavar="PATH")
-    p.add_argument("--no-load", action="store_true")
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--refuse-new", action="store_true")
-    p.add_argument("--crash-after", type=int, default=None, metavar="N")
-    p.add_argument("--hang", action="store_true")
-    p.add_argument("--exit-at-start", type=int, default=None, metavar="CODE")
-    p.add_argument("--stderr-lines", type=int, default=0, metavar="N")
-    p.add_argument("--state-dir", default=None, metavar="DIR")
-    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,9 @@
-"""The fake agent's I/O helpers: its stdin as a stream, and sessions saved to a state dir (so
-another process can ``session/load`` or ``session/resume`` them)."""
+"""The fake agent's I/O helpers: its command line, its stdin as a stream, and sessions saved
+to a state dir (so another process can ``session/load`` or ``session/resume`` them)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import stat
@@ -14,7 +15,7 @@ import msgspec
 
 from .fake_turn import _SAFE_ID, LINE_LIMIT, Session
 
-__all__ = ["load_session", "open_stdin", "save_session"]
+__all__ = ["load_session", "open_stdin", "parse_args", "save_session"]
 
 
 async def open_stdin() -> asyncio.StreamReader:
@@ -68,3 +69,31 @@ def load_session(state_dir: str | None, session_id: Any) -> Session | None:
         model=data.get("model", "fake/echo-1"),
         turns=data.get("turns", []),
     )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m acp_proxy.testing.fake_agent", description="A scripted ACP agent on stdio."
+    )
+    p.add_argument("--startup-delay", type=float, default=0.0, metavar="S")
+    p.add_argument("--session-init-delay", type=float, default=0.0, metavar="S")
+    p.add_argument("--first-token-delay", type=float, default=0.0, metavar="S")
+    p.add_argument("--chunk-delay", type=float, default=0.0, metavar="S")
+    p.add_argument("--chunks", type=int, default=3, metavar="N")
+    p.add_argument("--chunk-size", type=int, default=24, metavar="B")
+    p.add_argument("--thoughts", type=int, default=1, metavar="N")
+    p.add_argument("--tool-calls", type=int, default=1, metavar="N")
+    p.add_argument("--plan", action="store_true")
+    p.add_argument("--permission", action="store_true")
+    p.add_argument("--fs-read", default=None, metavar="PATH")
+    p.add_argument("--no-load", action="store_true")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--refuse-new", action="store_true")
+    p.add_argument("--crash-after", type=int, default=None, metavar="N")
+    p.add_argument("--hang", action="store_true")
+    p.add_argument("--exit-at-start", type=int, default=None, metavar="CODE")
+    p.add_argument("--stderr-lines", type=int, default=0, metavar="N")
+    p.add_argument("--state-dir", default=None, metavar="DIR")
+    p.add_argument("--hold-on-eof", action="store_true")
+    p.add_argument("--ignore-close", action="store_true")
+    return p.parse_args(argv)

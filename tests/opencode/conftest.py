@@ -8,11 +8,7 @@ agent and proxy restarts, so opencode's own session database lets ``session/resu
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,17 +16,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
-from acp_proxy.testing.client import AcpClient, Reply
-from acp_proxy.testing.proxy_process import ProxyHandle, pid_exists, run_proxy
+from acp_proxy.testing.proxy_process import ProxyHandle, run_proxy
+from tests.real_agent.scenarios import TEST_LIMIT_S
+from tests.real_agent.world import (
+    agent_pid,
+    client,
+    log_lines,
+    proxy_meta,
+    reap,
+    text_of,
+    wait_dead,
+)
 
 from .fake_model import FakeModel
 from .harness import INSTALL_HINT, OpencodeHome, agent_command, installed, prime
 
-#: bound on any single test's body: opencode starts in ~1.5 s and a cold turn takes ~3 s on an idle
-#: 2-core machine, but 5-10x that when the machine is loaded (e.g. other suites in parallel)
-TEST_LIMIT_S = 150.0
+__all__ = [
+    "TEST_LIMIT_S",
+    "Opencode",
+    "agent_pid",
+    "client",
+    "log_lines",
+    "proxy_meta",
+    "text_of",
+    "wait_dead",
+]
 
 
 @dataclass
@@ -116,76 +127,6 @@ def _world(data_template: Path | None) -> Iterator[Opencode]:
         assert not (world.home.root / "home" / ".npm").exists(), "opencode ran npm"
 
 
-def _processes_of(root: Path) -> list[int]:
-    """Pids of processes whose environment names this test's private opencode home."""
-    marker = f"XDG_DATA_HOME={root / 'data'}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0"):
-            pids.append(int(entry))
-    return pids
-
-
-def _reap(root: Path, grace_s: float = 10.0) -> list[int]:
+def _reap(root: Path) -> list[int]:
     """Wait for this test's opencode processes to end; SIGKILL (by pid) any that do not."""
-    deadline = time.monotonic() + grace_s
-    while (pids := _processes_of(root)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return pids
-
-
-# -- helpers for the tests --------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def client(handle: ProxyHandle, **kwargs: Any) -> AsyncIterator[AcpClient]:
-    """An initialized client connection to the proxy."""
-    async with AcpClient.connect(handle.socket, **kwargs) as c:
-        await c.initialize()
-        yield c
-
-
-def text_of(reply: Reply) -> str:
-    """The agent's message text in a turn (its chunks joined)."""
-    return "".join(
-        u["content"].get("text", "")
-        for u in reply.updates()
-        if u.get("sessionUpdate") == "agent_message_chunk" and isinstance(u.get("content"), dict)
-    )
-
-
-def proxy_meta(reply: Reply) -> dict[str, Any]:
-    """The proxy's ``_meta["acp-proxy"]`` of a prompt answer."""
-    return ((reply.result or {}).get("_meta") or {}).get("acp-proxy") or {}
-
-
-def log_lines(handle: ProxyHandle, event: str) -> list[dict[str, Any]]:
-    """The proxy's JSON log lines of one event."""
-    return [e for e in handle.logs() if e.get("event") == event]
-
-
-def agent_pid(handle: ProxyHandle, session_id: str) -> int:
-    """The pid of the agent the proxy last bound ``session_id`` to (from its log)."""
-    pids = [
-        e["agent_pid"]
-        for e in handle.logs()
-        if e.get("event") in ("session.created", "session.restored")
-        and session_id in (e.get("session"), e.get("session_id"), e.get("sessionId"))
-    ]
-    assert pids, f"no session.created/restored log line for {session_id}"
-    return pids[-1]
-
-
-async def wait_dead(pid: int, within_s: float = 10.0) -> None:
-    with trio.fail_after(within_s):
-        while pid_exists(pid):  # noqa: ASYNC110 (polling another process)
-            await trio.sleep(0.05)
+    return reap(f"XDG_DATA_HOME={root / 'data'}")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.real_agent.world import private_env
+
 from .fake_model import opencode_config
 
 __all__ = [
@@ -45,9 +47,6 @@ OFFLINE_ENV = {
     "OPENCODE_DISABLE_CLAUDE_CODE": "1",
     "OPENCODE_DISABLE_EXTERNAL_SKILLS": "1",
 }
-
-#: variables of the caller's environment that must not leak into opencode's
-_DROP_PREFIXES = ("OPENCODE_", "XDG_", "OPENAI_", "ANTHROPIC_", "GEMINI_", "GOOGLE_", "AWS_")
 
 
 def installed() -> bool:
@@ -126,22 +125,17 @@ class OpencodeHome:
         extra: dict[str, str] | None = None,
     ) -> dict[str, str]:
         """The agent's environment: offline, private dirs, every model at ``base_url``."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_DROP_PREFIXES)}
-        env.update(OFFLINE_ENV)
-        env.update(
+        env = private_env(
             {
+                **OFFLINE_ENV,
                 "HOME": str(self.root / "home"),
                 "XDG_DATA_HOME": str(self.root / "data"),
                 "XDG_STATE_HOME": str(self.root / "state"),
                 "XDG_CACHE_HOME": str(self.root / "cache"),
                 "XDG_CONFIG_HOME": str(self.root / "config"),
                 "OPENCODE_CONFIG_CONTENT": json.dumps(opencode_config(base_url)),
-                "NO_PROXY": "127.0.0.1,localhost",
-                "no_proxy": "127.0.0.1,localhost",
             }
         )
-        for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-            env.pop(key, None)
         if permission is not None:
             env["OPENCODE_PERMISSION"] = json.dumps(permission)
         if extra:
