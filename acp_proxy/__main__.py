@@ -126,11 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"acp-proxy serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
-    from .server import SocketInUseError, serve
+    from .server import StartRefused, serve
 
     try:
         anyio.run(serve, config)
-    except SocketInUseError as exc:
+    except StartRefused as exc:
         print(f"acp-proxy serve: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -71,6 +71,10 @@ class ClientConnection:
         self.messages_in = 0
         #: environment the client's bridge forwarded (``acp-proxy attach --forward-env``)
         self.env: dict[str, str] = {}
+        #: the peer's uid (``SO_PEERCRED``, set on accept); None when unknown
+        self.peer_uid: int | None = None
+        #: this client's ``authenticate`` params: replayed only to agents started for it
+        self.auth_params: Raw | None = None
         #: per session id: messages waiting behind a restore, in order (``Proxy.handle``)
         self.gates: dict[str, deque[Message]] = {}
 

@@ -30,7 +30,7 @@ from .agent import AgentError, AgentExited, AgentProcess
 from .pool import SetupTimings
 from .protocol import RESOURCE_NOT_FOUND, LocalProtocolError
 from .session import Session
-from .transcript import seed_block
+from .transcript import recorded_updates, seed_block
 
 if TYPE_CHECKING:
     from .proxy import Proxy
@@ -89,11 +89,9 @@ async def _rebind(
             {"kind": "restore_failed", "sessionId": session.id},
         )
     session.upstream_id = result["sessionId"]
-    updates = []
-    for payload in await proxy.store.event_payloads(session.id):
-        update = _decoder.decode(payload).get("update")
-        if isinstance(update, dict):
-            updates.append(update)
+    updates, skipped = recorded_updates(await proxy.store.event_payloads(session.id))
+    if skipped:
+        session.log.warning("restore.events_skipped", skipped=skipped, why="unreadable or too deep")
     session.seed = seed_block(session.id, updates, include_thoughts=proxy.config.seed_thoughts)
     if failures:
         session.log.info("restore.fell_back_to_new", failures=failures)

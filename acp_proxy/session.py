@@ -52,6 +52,7 @@ from .protocol import (
     RequestId,
     Response,
     SessionUpdate,
+    as_valid_utf8,
     decode_update_params,
     encode_notification,
     get_str,
@@ -453,7 +454,9 @@ class Session:
                     break
                 client.send_nowait(
                     b"".join(
-                        b'{"jsonrpc":"2.0","method":"session/update","params":' + p + b"}\n"
+                        b'{"jsonrpc":"2.0","method":"session/update","params":'
+                        + as_valid_utf8(p)  # rows stored before lines were checked
+                        + b"}\n"
                         for _seq, p in page
                     )
                 )

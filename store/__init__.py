@@ -6,6 +6,15 @@ should depend on `SessionStore`.
 
 from __future__ import annotations
 
+from ._files import (
+    DatabaseLock,
+    FileIdentity,
+    LockHeld,
+    check_writable,
+    file_identity,
+    make_private_dirs,
+    secure_database_files,
+)
 from ._records import (
     SESSION_STATES,
     TURN_OUTCOMES,
@@ -50,8 +59,11 @@ __all__ = [
     "WAL_LIMIT_BYTES",
     "AppendEvent",
     "AppendEvents",
+    "DatabaseLock",
     "DeleteSession",
+    "FileIdentity",
     "FinishTurn",
+    "LockHeld",
     "PendingCommit",
     "PutSession",
     "SchemaVersionError",
@@ -66,5 +78,9 @@ __all__ = [
     "UpdateSession",
     "WriteOp",
     "append_event",
+    "check_writable",
+    "file_identity",
+    "make_private_dirs",
     "open_store",
+    "secure_database_files",
 ]
