@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--warm-spares", type=int, help="agents kept spawned ahead of session/new")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
+        "--allow-uid",
+        type=int,
+        action="append",
+        help="a uid allowed to connect besides the proxy's own and root (repeatable)",
+    )
+    serve.add_argument(
         "--per-process-env",
         help="comma-separated variables whose change (forwarded by attach) restarts the agent",
     )
@@ -118,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warm_spares=args.warm_spares,
             log_level=args.log_level,
             client_profile=args.client_profile,
+            allowed_uids=args.allow_uid,
             per_process_env=[n.strip() for n in args.per_process_env.split(",") if n.strip()]
             if args.per_process_env
             else None,

@@ -200,6 +200,8 @@ class AgentProcess:
         self.cwd = cwd
         self.env = env
         self.handler: AgentHandler = UNBOUND
+        #: started or authenticated for one client: never handed out as a spare
+        self.scoped = False
         self._store = store
         # Decided batches waiting for their commit, then delivery. Bounded: reading goes on
         # while SQLite commits (the writer groups what queues meanwhile), but never runs more

@@ -21,6 +21,7 @@ from msgspec import Raw
 
 from store import DeleteSession, PutSession, SessionRecord, StoreError, UpdateSession
 
+from .access import check_cwd, check_session_access, listed_creator, may_use
 from .agent import UNBOUND, AgentError, AgentExited, Batch
 from .client import ClientConnection
 from .protocol import (
@@ -87,15 +88,15 @@ async def initialize(proxy: Proxy, client: ClientConnection, req: Request) -> No
 
 
 async def authenticate(proxy: Proxy, client: ClientConnection, req: Request) -> None:
-    agent = await proxy.pool.any_agent()
+    # Scoped to this client (its params may hold an API key): the agent that took them is
+    # kept for this client's next session/new, and agents started later for this client's
+    # sessions authenticate the same way; spares other clients take never see them.
     try:
-        result = await agent.call("authenticate", req.params)
+        result = await proxy.pool.authenticate_for(client.number, req.params)
     except AgentError as exc:
         client.send_error(req.id, exc.reply.code, exc.reply.message, raw=exc.reply.error)
         return
-    # Every agent spawned from now on authenticates the same way. (Agents already serving
-    # a conversation were started with whatever credentials they found.)
-    proxy.pool.auth_params = req.params
+    client.auth_params = req.params
     client.send_response(req.id, result)
 
 
@@ -106,9 +107,10 @@ async def session_new(proxy: Proxy, client: ClientConnection, req: Request) -> N
         raise LocalProtocolError(
             'Invalid params: session/new needs "cwd", an absolute path', INVALID_PARAMS
         )
+    check_cwd(proxy.config, cwd)
     received = time.monotonic()
     env = proxy.process_env(client)
-    agent, setup = await proxy.acquire_agent(cwd, env)
+    agent, setup = await proxy.acquire_agent(cwd, env, client.auth_params, client.number)
     now = time.time()
     record = SessionRecord(
         id="sess_" + secrets.token_hex(16),  # 128 random bits, minted by the proxy
@@ -120,10 +122,15 @@ async def session_new(proxy: Proxy, client: ClientConnection, req: Request) -> N
         ),
         created_at=now,
         updated_at=now,
+        creator_uid=client.peer_uid,
     )
     session = Session(proxy, record, env=env)
     session.held = []  # early updates wait until the client has the session id
-    await proxy.store.commit([PutSession(record)])
+    try:
+        await proxy.store.commit([PutSession(record)])
+    except StoreError:
+        proxy.pool.give_back(agent)  # unbound still: another session can use it
+        raise
     agent.handler = session
     session.agent = agent
     started = time.monotonic()
@@ -160,7 +167,11 @@ async def session_new(proxy: Proxy, client: ClientConnection, req: Request) -> N
         ops.append(UpdateSession(record.id, time.time(), modes=session.record.modes))
     if isinstance(result.get("configOptions"), list):
         session.set_config_options(_encoder.encode(result["configOptions"]), ops)
-    await proxy.store.commit(ops)
+    try:
+        await proxy.store.commit(ops)
+    except StoreError:
+        agent.stop()  # a session the store does not know could never be loaded again
+        raise
     proxy.sessions[record.id] = session
     session.log.info(
         "session.created",
@@ -245,7 +256,7 @@ async def session_cancel_request(proxy: Proxy, client: ClientConnection, req: Re
     # Some clients send session/cancel as a request (open-design): honour and answer it.
     sid = session_id_of(req.params)
     session = proxy.sessions.get(sid or "")
-    if session is not None:
+    if session is not None and may_use(proxy.config, client.peer_uid, session.record):
         session.cancel_turn()
     client.send_response(req.id, b"{}")
 
@@ -308,7 +319,9 @@ async def session_list(proxy: Proxy, client: ClientConnection, req: Request) -> 
     members = object_members(req.params)
     try:
         records, next_cursor = await proxy.store.list_sessions(
-            cwd=get_str(members, "cwd"), cursor=get_str(members, "cursor")
+            cwd=get_str(members, "cwd"),
+            cursor=get_str(members, "cursor"),
+            creator_uid=listed_creator(proxy.config, client.peer_uid),
         )
     except ValueError:
         raise LocalProtocolError(
@@ -340,10 +353,12 @@ async def session_close(proxy: Proxy, client: ClientConnection, req: Request) ->
     if sid is None:
         raise LocalProtocolError('Invalid params: "sessionId" is required', INVALID_PARAMS)
     session = proxy.sessions.get(sid)
-    if session is None and await proxy.store.get_session(sid) is None:
+    record = session.record if session is not None else await proxy.store.get_session(sid)
+    if record is None:
         raise LocalProtocolError(
             f"Resource not found: no session {sid}", RESOURCE_NOT_FOUND, {"sessionId": sid}
         )
+    check_session_access(proxy.config, client.peer_uid, record)
     if session is not None:
         end_agent(proxy, session)
     await proxy.store.commit([UpdateSession(sid, time.time(), state="closed")])
@@ -354,6 +369,11 @@ async def session_delete(proxy: Proxy, client: ClientConnection, req: Request) -
     sid = session_id_of(req.params)
     if sid is None:
         raise LocalProtocolError('Invalid params: "sessionId" is required', INVALID_PARAMS)
+    record = proxy.sessions[sid].record if sid in proxy.sessions else None
+    if record is None and proxy.config.session_access == "creator":
+        record = await proxy.store.get_session(sid)
+    if record is not None:
+        check_session_access(proxy.config, client.peer_uid, record)
     session = proxy.sessions.pop(sid, None)
     if session is not None:
         end_agent(proxy, session)

@@ -10,6 +10,7 @@ live-agent cap, the order messages are handled in, and shutdown.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import deque
 from typing import Any, Final
@@ -19,8 +20,9 @@ import msgspec
 from anyio.abc import TaskGroup
 from msgspec import Raw
 
-from store import SqliteStore
+from store import SqliteStore, StoreError
 
+from .access import check_session_access, may_use
 from .agent import AgentProcess
 from .attach import ENV_METHOD
 from .client import ClientConnection
@@ -29,6 +31,7 @@ from .logs import get_logger
 from .methods import BACKGROUND, METHODS, MethodHandler, session_forward, session_id_of
 from .pool import AgentPool, SetupTimings
 from .protocol import (
+    INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     MALFORMED_JSON,
@@ -115,11 +118,16 @@ class Proxy:
             )
 
     async def acquire_agent(
-        self, cwd: str, env: dict[str, str] | None = None
+        self,
+        cwd: str,
+        env: dict[str, str] | None = None,
+        auth: Raw | None = None,
+        owner: int | None = None,
     ) -> tuple[AgentProcess, SetupTimings]:
-        """An initialized agent for a conversation, within ``max_live_agents``."""
+        """An initialized agent for a conversation, within ``max_live_agents`` (authenticated
+        with ``auth``, the requesting client's own params, if it sent any)."""
         self.make_room()
-        return await self.pool.acquire(cwd, env)
+        return await self.pool.acquire(cwd, env, auth, owner)
 
     def process_env(self, client: ClientConnection | None) -> dict[str, str]:
         """The per-process variables a client brought (see ``Config.per_process_env``)."""
@@ -218,6 +226,17 @@ class Proxy:
     ) -> None:
         try:
             await handler(self, client, req)
+        except (StoreError, sqlite3.Error) as exc:
+            # Disk full, read-only, locked: this request fails, the connection and its other
+            # sessions' requests go on.
+            client.log.error("store.request_failed", method=req.method, error=str(exc))
+            client.send_error(
+                req.id,
+                INTERNAL_ERROR,
+                f"{req.method} failed: the session store failed ({exc}); check the disk "
+                "holding the proxy's database, then retry",
+                {"kind": "store_failed", "method": req.method},
+            )
         except ProtocolError as exc:
             if self.config.client_profile == "open-design" and _is_lost_session(req, exc):
                 # The daemon drops its handle on resume_failed and re-runs the turn with its
@@ -247,7 +266,7 @@ class Proxy:
             client.log.info("client.env", names=sorted(env))
         elif msg.method == "session/cancel":
             session = self.sessions.get(session_id_of(msg.params) or "")
-            if session is not None:
+            if session is not None and may_use(self.config, client.peer_uid, session.record):
                 session.cancel_turn()
         elif msg.method == "$/cancel_request":
             # Hop-scoped (acp-notes §7.4): the agent gets its own id, never the client's.
@@ -263,7 +282,11 @@ class Proxy:
                 )
         elif msg.method.startswith("_"):
             session = self.sessions.get(session_id_of(msg.params) or "")
-            if session is not None and session.live:
+            if (
+                session is not None
+                and session.live
+                and may_use(self.config, client.peer_uid, session.record)
+            ):
                 assert session.agent is not None and session.upstream_id is not None
                 params = rewrite_members(object_members(msg.params), sessionId=session.upstream_id)
                 session.agent.send_notification(msg.method, params)
@@ -286,6 +309,7 @@ class Proxy:
                 'Invalid params: "sessionId" (string) is required', INVALID_PARAMS
             )
         session = self.sessions.get(sid) or await self._session_from_store(sid)
+        check_session_access(self.config, client.peer_uid if client else None, session.record)
         cwd = get_str(members, "cwd")
         if check_cwd and cwd is not None and cwd != session.record.cwd:
             raise LocalProtocolError(
@@ -310,6 +334,7 @@ class Proxy:
                         session,
                         mcp_servers=members.get("mcpServers"),
                         additional_directories=members.get("additionalDirectories"),
+                        auth=client.auth_params if client is not None else None,
                     )
         return session
 
@@ -344,6 +369,7 @@ class Proxy:
             session.detach(client)
         client.sessions.clear()
         client.inflight.clear()
+        self.pool.release_owner(client.number)
 
     def log_session(self, session: Session, event: str) -> None:
         """The canonical line per session."""

@@ -141,6 +141,7 @@ async def restore_session(
     *,
     mcp_servers: Raw | None = None,
     additional_directories: Raw | None = None,
+    auth: Raw | None = None,
 ) -> None:
     """Give ``session`` a live agent again (see the module docstring).
 
@@ -156,7 +157,7 @@ async def restore_session(
             await retiring.exited.wait()
     if session.turn is None:
         await _settle_unfinished_turn(proxy, session)
-    agent, setup = await proxy.acquire_agent(session.record.cwd, session.env)
+    agent, setup = await proxy.acquire_agent(session.record.cwd, session.env, auth)
     agent.handler = session
     session.agent = agent
     session.quiet_state = True
