@@ -26,7 +26,7 @@ from msgspec import Raw
 from store import PendingCommit, SessionStore, StoreError
 
 from .logs import get_logger
-from .outbox import Outbox
+from .outbox import Outbox, OutboxFull
 from .pipe import PipeWriter
 from .protocol import (
     AGENT_EXITED,
@@ -195,6 +195,7 @@ class AgentProcess:
         store: SessionStore,
         max_line_bytes: int,
         kill_grace_s: float,
+        stdin_limit_bytes: int = 1 << 62,
     ) -> None:
         self.command = list(command)
         self.cwd = cwd
@@ -216,7 +217,10 @@ class AgentProcess:
         self._pending: dict[int, tuple[str, ReplyCallback]] = {}
         self._scope = anyio.CancelScope()
         self._stopping = False
-        self.outbox = Outbox(limit_bytes=1 << 62)
+        # Senders wait while more than stdin_limit_bytes are queued (budget.py); one more
+        # line may still come from each, so an agent that leaves this much unread is stuck.
+        self.stdin_limit_bytes = stdin_limit_bytes
+        self.outbox = Outbox(limit_bytes=stdin_limit_bytes + max_line_bytes)
         self._stdin: PipeWriter | None = None
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.process: Process | None = None
@@ -433,22 +437,30 @@ class AgentProcess:
         self._next_id += 1
         ident = self._next_id
         self._pending[ident] = (method, on_reply)
-        self.outbox.send_nowait(encode_request(ident, method, params))
+        self._send(encode_request(ident, method, params))
         return ident
 
     def send_notification(self, method: str, params: Raw | bytes = EMPTY) -> None:
         """Send a notification."""
-        self.outbox.send_nowait(encode_notification(method, params))
+        self._send(encode_notification(method, params))
 
     def send_response(self, ident: RequestId, result: Raw | bytes) -> None:
         """Answer one of the agent's requests."""
-        self.outbox.send_nowait(encode_response(ident, result))
+        self._send(encode_response(ident, result))
 
     def send_error(
         self, ident: RequestId, code: int, message: str, data: object = None, *, raw: Raw = EMPTY
     ) -> None:
         """Answer one of the agent's requests with an error."""
-        self.outbox.send_nowait(encode_error(ident, code, message, data, raw=raw))
+        self._send(encode_error(ident, code, message, data, raw=raw))
+
+    def _send(self, line: bytes) -> None:
+        try:
+            self.outbox.send_nowait(line)
+        except OutboxFull as exc:
+            # Its pending requests fail as for any exit; the session is restored on next use.
+            self.log.error("agent.stdin_stuck", error=str(exc), hint="the agent stopped reading")
+            self.stop()
 
     def forget_request(self, ident: int) -> None:
         """Drop the callback of a request whose answer no longer matters."""

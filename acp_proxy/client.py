@@ -60,7 +60,12 @@ class ClientConnection:
         direct = (
             raw_socket.send if raw_socket is not None and not raw_socket.getblocking() else None
         )
-        self.outbox = Outbox(proxy.config.client_outbox_bytes, direct)
+        proxy.budget.register(self, self._evict)
+        self.outbox = Outbox(
+            proxy.config.client_outbox_bytes,
+            direct,
+            on_size=lambda size: proxy.budget.set(self, "outbox", size),
+        )
         self.sessions: set[Session] = set()
         #: client request id → (agent, agent-side id), to translate ``$/cancel_request``
         self.inflight: dict[RequestId, tuple[AgentProcess, int]] = {}
@@ -95,6 +100,7 @@ class ClientConnection:
                 finally:
                     self.outbox.close()
         finally:
+            self.proxy.budget.release(self)
             self.proxy.on_client_closed(self)
             with anyio.CancelScope(shield=True):
                 await self.stream.aclose()
@@ -113,7 +119,9 @@ class ClientConnection:
         buffer = LineBuffer(self.proxy.config.max_line_bytes)
         try:
             async for data in self.stream:
-                for line in buffer.feed(data):
+                lines = buffer.feed(data)
+                self.proxy.budget.set(self, "line", buffer.buffered)
+                for line in lines:
                     await self._handle_line(line)
                 if self.closed:
                     return
@@ -147,6 +155,16 @@ class ClientConnection:
                 callback(msg)
             return
         await self.proxy.handle(self, msg)
+
+    def _evict(self, reason: str) -> None:
+        """Over the proxy's memory budget and the largest holder: disconnect."""
+        self.log.warning("client.over_budget_disconnected", reason=reason)
+        self.outbox.close()
+        if self.tg is not None:
+            self.tg.cancel_scope.cancel()
+
+    def __repr__(self) -> str:
+        return f"client {self.number}"
 
     # -- sending -----------------------------------------------------------------------------
 

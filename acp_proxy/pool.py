@@ -100,6 +100,7 @@ class AgentPool:
             store=self._store,
             max_line_bytes=config.max_line_bytes,
             kill_grace_s=config.kill_grace_s,
+            stdin_limit_bytes=config.agent_stdin_bytes,
         )
         agent.scoped = bool(env)  # a client's per-process values: never another's spare
         command = " ".join(config.agent_command)

@@ -25,6 +25,7 @@ from store import SqliteStore, StoreError
 from .access import check_session_access, may_use
 from .agent import AgentProcess
 from .attach import ENV_METHOD
+from .budget import MemoryBudget, wait_for_agent_stdin
 from .client import ClientConnection
 from .config import Config
 from .logs import get_logger
@@ -72,6 +73,7 @@ class Proxy:
         self.tg = tg
         self.sessions: dict[str, Session] = {}
         self.pool = AgentPool(config, tg, store)
+        self.budget = MemoryBudget(config.max_buffered_bytes)
         self._clients = 0
         self.log = get_logger(component="proxy")
 
@@ -154,6 +156,11 @@ class Proxy:
         in a task of their own, while other sessions' messages go on inline.
         """
         sid = self._gate_key(client, msg)
+        target = self.sessions.get(sid) if sid is not None else None
+        if target is not None and target.agent is not None:
+            # Backpressure: this connection is not read while its agent's stdin is full.
+            agent = target.agent
+            await wait_for_agent_stdin(agent.outbox, agent.stdin_limit_bytes)
         if sid is not None and client.tg is not None:
             gate = client.gates.get(sid)
             if gate is not None or (isinstance(msg, Request) and self._needs_restore(sid)):
