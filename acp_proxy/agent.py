@@ -436,9 +436,24 @@ class AgentProcess:
         """Send a request with a fresh proxy-allocated id; ``on_reply`` gets the answer."""
         self._next_id += 1
         ident = self._next_id
+        if self.exit_info is not None:
+            # Sent after the exit was handled (a session closed while a request for it waited
+            # for a restore): nothing would ever answer it, so it fails now.
+            self._fail_late(ident, method, on_reply)
+            return ident
         self._pending[ident] = (method, on_reply)
         self._send(encode_request(ident, method, params))
         return ident
+
+    def _fail_late(self, ident: int, method: str, on_reply: ReplyCallback) -> None:
+        assert self.exit_info is not None
+        self.log.info("agent.request_after_exit", method=method)
+        batch = Batch()
+        error = Raw(
+            error_payload(AGENT_EXITED, self.exit_info.describe(), self.exit_info.as_data())
+        )
+        on_reply(ErrorResponse(ident, error, AGENT_EXITED, self.exit_info.describe()), batch)
+        self._deliver(self._submit(batch), batch)
 
     def send_notification(self, method: str, params: Raw | bytes = EMPTY) -> None:
         """Send a notification."""

@@ -333,7 +333,11 @@ class Proxy:
             session.retire_agent()
         if env:
             session.env = env
-        if not session.live:
+        # A session/close from another connection can retire the agent while the restore's
+        # last writes are awaited: restore again (bounded), so callers always get a live one.
+        for _attempt in range(_RESTORE_ATTEMPTS):
+            if session.live:
+                break
             async with session.lock:
                 if not session.live:
                     await restore_session(
@@ -343,6 +347,13 @@ class Proxy:
                         additional_directories=members.get("additionalDirectories"),
                         auth=client.auth_params if client is not None else None,
                     )
+        if not session.live:
+            raise LocalProtocolError(
+                f"session {sid} was closed {_RESTORE_ATTEMPTS} times while being restored; "
+                "retry the request",
+                RESOURCE_NOT_FOUND,
+                {"kind": "restore_failed", "sessionId": sid},
+            )
         return session
 
     async def _session_from_store(self, sid: str) -> Session:
@@ -398,6 +409,9 @@ class Proxy:
                 session.agent.stop()
         self.pool.stop()
 
+
+#: Restores tried for one request when concurrent closes keep retiring the restored agent.
+_RESTORE_ATTEMPTS: Final = 3
 
 #: Messages that never wait in a session's gate (no session, or handled beside the reader).
 _UNGATED: Final = frozenset(
