@@ -21,6 +21,9 @@ MAX_NESTING_DEPTH: Final = 128
 #: backtracking: brackets inside strings are not nesting.
 _STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+#: One layer: every innermost empty pair, in a single left-to-right scan (two chained
+#: ``replace`` calls would also remove a pair the first one made adjacent: two layers).
+_INNERMOST: Final = re.compile(rb"\[\]|\{\}")
 
 
 def exceeds_depth(text: bytes, limit: int = MAX_NESTING_DEPTH) -> bool:
@@ -36,7 +39,7 @@ def exceeds_depth(text: bytes, limit: int = MAX_NESTING_DEPTH) -> bool:
         return False
     brackets = _STRING.sub(b"", text).translate(None, _NOT_BRACKETS)
     for _ in range(limit):
-        shorter = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        shorter = _INNERMOST.sub(b"", brackets)
         if not shorter:
             return False
         if len(shorter) == len(brackets):
