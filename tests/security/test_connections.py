@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 
@@ -13,7 +14,12 @@ from acp_proxy.testing.proxy_process import ProxyHandle
 
 from .conftest import client, proxy, summary
 
-pytestmark = pytest.mark.trio
+pytestmark = [
+    pytest.mark.trio,
+    pytest.mark.skipif(
+        shutil.which("prlimit") is None, reason="needs prlimit (util-linux) to lower RLIMIT_NOFILE"
+    ),
+]
 
 
 def _connect_many(path: str, count: int) -> list[socket.socket]:
