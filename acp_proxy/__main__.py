@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--warm-spares", type=int, help="agents kept spawned ahead of session/new")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
+        "--allow-uid",
+        type=int,
+        action="append",
+        help="a uid allowed to connect besides the proxy's own and root (repeatable)",
+    )
+    serve.add_argument(
         "--per-process-env",
         help="comma-separated variables whose change (forwarded by attach) restarts the agent",
     )
@@ -147,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             client_profile=args.client_profile,
             drain_timeout_s=args.drain_timeout,
             metrics_address=args.metrics,
+            allowed_uids=args.allow_uid,
             per_process_env=[n.strip() for n in args.per_process_env.split(",") if n.strip()]
             if args.per_process_env
             else None,
@@ -155,11 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"acp-proxy serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
-    from .server import SocketInUseError, serve
+    from .server import StartRefused, serve
 
     try:
         anyio.run(serve, config)
-    except SocketInUseError as exc:
+    except StartRefused as exc:
         print(f"acp-proxy serve: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -33,7 +33,7 @@ from . import __version__
 from .batch import AgentError, AgentExited, Batch, ExitInfo, LineSink
 from .held_sessions import close_sessions, noting_reply
 from .logs import get_logger
-from .outbox import Outbox
+from .outbox import Outbox, OutboxFull
 from .pipe import PipeWriter
 from .process_group import read_stderr_tail, stop_group
 from .protocol import (
@@ -123,11 +123,14 @@ class AgentProcess:
         store: SessionStore,
         max_line_bytes: int,
         kill_grace_s: float,
+        stdin_limit_bytes: int = 1 << 62,
     ) -> None:
         self.command = list(command)
         self.cwd = cwd
         self.env = env
         self.handler: AgentHandler = UNBOUND
+        #: started or authenticated for one client: never handed out as a spare
+        self.scoped = False
         self._store = store
         # Decided batches waiting for their commit, then delivery. Bounded: reading goes on
         # while SQLite commits (the writer groups what queues meanwhile), but never runs more
@@ -144,7 +147,10 @@ class AgentProcess:
         self._stop_requested = anyio.Event()
         self._stdout_done = anyio.Event()
         self._stopping = False
-        self.outbox = Outbox(limit_bytes=1 << 62)
+        # Senders wait while more than stdin_limit_bytes are queued (budget.py); one more
+        # line may still come from each, so an agent that leaves this much unread is stuck.
+        self.stdin_limit_bytes = stdin_limit_bytes
+        self.outbox = Outbox(limit_bytes=stdin_limit_bytes + max_line_bytes)
         self._stdin: PipeWriter | None = None
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.process: Process | None = None
@@ -382,23 +388,46 @@ class AgentProcess:
         """Send a request with a fresh proxy-allocated id; ``on_reply`` gets the answer."""
         self._next_id += 1
         ident = self._next_id
+        if self.exit_info is not None:
+            # Sent after the exit was handled (a session closed while a request for it waited
+            # for a restore): nothing would ever answer it, so it fails now.
+            self._fail_late(ident, method, on_reply)
+            return ident
         self._pending[ident] = (method, noting_reply(self.held_sessions, method, params, on_reply))
-        self.outbox.send_nowait(encode_request(ident, method, params))
+        self._send(encode_request(ident, method, params))
         return ident
+
+    def _fail_late(self, ident: int, method: str, on_reply: ReplyCallback) -> None:
+        assert self.exit_info is not None
+        self.log.info("agent.request_after_exit", method=method)
+        batch = Batch()
+        error = Raw(
+            error_payload(AGENT_EXITED, self.exit_info.describe(), self.exit_info.as_data())
+        )
+        on_reply(ErrorResponse(ident, error, AGENT_EXITED, self.exit_info.describe()), batch)
+        self._deliver(self._submit(batch), batch)
 
     def send_notification(self, method: str, params: Raw | bytes = EMPTY) -> None:
         """Send a notification."""
-        self.outbox.send_nowait(encode_notification(method, params))
+        self._send(encode_notification(method, params))
 
     def send_response(self, ident: RequestId, result: Raw | bytes) -> None:
         """Answer one of the agent's requests."""
-        self.outbox.send_nowait(encode_response(ident, result))
+        self._send(encode_response(ident, result))
 
     def send_error(
         self, ident: RequestId, code: int, message: str, data: object = None, *, raw: Raw = EMPTY
     ) -> None:
         """Answer one of the agent's requests with an error."""
-        self.outbox.send_nowait(encode_error(ident, code, message, data, raw=raw))
+        self._send(encode_error(ident, code, message, data, raw=raw))
+
+    def _send(self, line: bytes) -> None:
+        try:
+            self.outbox.send_nowait(line)
+        except OutboxFull as exc:
+            # Its pending requests fail as for any exit; the session is restored on next use.
+            self.log.error("agent.stdin_stuck", error=str(exc), hint="the agent stopped reading")
+            self.stop()
 
     def forget_request(self, ident: int) -> None:
         """Drop the callback of a request whose answer no longer matters."""

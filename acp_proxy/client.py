@@ -19,6 +19,7 @@ from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 from msgspec import Raw
 
 from .agent import AgentProcess
+from .budget import MemoryBudget
 from .config import Config
 from .logs import get_logger
 from .outbox import Outbox, OutboxFull
@@ -59,7 +60,12 @@ class ClientConnection:
     """A connected ACP client."""
 
     def __init__(
-        self, dispatcher: Dispatcher, config: Config, stream: ByteStream, number: int
+        self,
+        dispatcher: Dispatcher,
+        config: Config,
+        stream: ByteStream,
+        number: int,
+        budget: MemoryBudget,
     ) -> None:
         self.dispatcher = dispatcher
         self.config = config
@@ -70,7 +76,13 @@ class ClientConnection:
         direct = (
             raw_socket.send if raw_socket is not None and not raw_socket.getblocking() else None
         )
-        self.outbox = Outbox(config.client_outbox_bytes, direct)
+        budget.register(self, self._evict)
+        self.budget = budget
+        self.outbox = Outbox(
+            config.client_outbox_bytes,
+            direct,
+            on_size=lambda size: budget.set(self, "outbox", size),
+        )
         #: the sessions this client receives the stream of (``session.Session``)
         self.sessions: set[Any] = set()
         #: client request id → (agent, agent-side id), to translate ``$/cancel_request``
@@ -84,6 +96,10 @@ class ClientConnection:
         self.on_error: Callable[[int, object], None] = lambda code, data: None
         #: environment the client's bridge forwarded (``acp-proxy attach --forward-env``)
         self.env: dict[str, str] = {}
+        #: the peer's uid (``SO_PEERCRED``, set on accept); None when unknown
+        self.peer_uid: int | None = None
+        #: this client's ``authenticate`` params: replayed only to agents started for it
+        self.auth_params: Raw | None = None
         #: per session id: messages waiting behind a restore, in order (``Proxy.handle``)
         self.gates: dict[str, deque[Call]] = {}
 
@@ -104,6 +120,7 @@ class ClientConnection:
                 finally:
                     self.outbox.close()
         finally:
+            self.budget.release(self)
             self.dispatcher.on_client_closed(self)
             with anyio.CancelScope(shield=True):
                 await self.stream.aclose()
@@ -122,7 +139,9 @@ class ClientConnection:
         buffer = LineBuffer(self.config.max_line_bytes)
         try:
             async for data in self.stream:
-                for line in buffer.feed(data):
+                lines = buffer.feed(data)
+                self.budget.set(self, "line", buffer.buffered)
+                for line in lines:
                     await self._handle_line(line)
                 if self.closed:
                     return
@@ -156,6 +175,16 @@ class ClientConnection:
                 callback(msg)
             return
         await self.dispatcher.handle(self, msg)
+
+    def _evict(self, reason: str) -> None:
+        """Over the proxy's memory budget and the largest holder: disconnect."""
+        self.log.warning("client.over_budget_disconnected", reason=reason)
+        self.outbox.close()
+        if self.tg is not None:
+            self.tg.cancel_scope.cancel()
+
+    def __repr__(self) -> str:
+        return f"client {self.number}"
 
     # -- sending -----------------------------------------------------------------------------
 

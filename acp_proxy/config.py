@@ -103,6 +103,31 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: Whether the history seeded into a brand new agent session (last rung of the restore
     #: ladder) includes the agent's thoughts. Off: they are long and rarely useful as context.
     seed_thoughts: bool = False
+    #: Client connections served at once; more are refused with one error line. 0: derived at
+    #: start from the open-file limit (raised to its hard limit), minus what the agents
+    #: (4 descriptors each, ``max_live_agents`` + ``warm_spares``) and the store need, so a
+    #: client opening connections in a loop can never starve the agents of descriptors.
+    max_connections: int = 0
+    #: Unix uids allowed to connect (checked with ``SO_PEERCRED``), besides the proxy's own
+    #: uid and root, which are always allowed. Lets a group-shared socket admit named users.
+    allowed_uids: list[int] = msgspec.field(default_factory=list)
+    #: ``any``: every admitted peer may use every session. ``creator``: a session is listed,
+    #: loaded, prompted, cancelled, closed or deleted only by the uid that created it.
+    session_access: Literal["any", "creator"] = "any"
+    #: Directories a session's ``cwd`` must be inside (after resolving symlinks). Empty: any
+    #: existing directory.
+    allowed_roots: list[str] = msgspec.field(default_factory=list)
+    #: Agents inherit the proxy's environment minus the proxy's own configuration
+    #: (``ACP_PROXY_*``). Non-empty: only these variables pass (a name, or a prefix ending in
+    #: ``*`` such as ``LC_*``); list PATH and HOME too if the agent needs them.
+    agent_env_allow: list[str] = msgspec.field(default_factory=list)
+    #: Bytes queued to one agent's stdin before the clients sending to it wait (backpressure);
+    #: an agent that leaves this plus one ``max_line_bytes`` line unread is stuck and stopped.
+    agent_stdin_bytes: int = 16 * 1024 * 1024
+    #: Global budget for what clients make the proxy buffer (unterminated lines and queued
+    #: output, replays included). Over it, the connection holding the most is disconnected.
+    #: Worst case is this plus one ``max_line_bytes`` line per connection being read.
+    max_buffered_bytes: int = 512 * 1024 * 1024
     #: structlog level for the JSON lines on stderr.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: On SIGTERM, running turns get this long to finish and deliver before they are
@@ -151,6 +176,12 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config
         )
     if config.lease_ttl_s <= 0:
         raise ConfigError("lease_ttl_s must be > 0")
+    if config.max_connections < 0 or config.agent_stdin_bytes < 1024:
+        raise ConfigError("max_connections must be >= 0 and agent_stdin_bytes >= 1024")
+    if config.max_buffered_bytes < config.max_line_bytes:
+        raise ConfigError("max_buffered_bytes must be >= max_line_bytes")
+    if any(not os.path.isabs(root) for root in config.allowed_roots):
+        raise ConfigError("allowed_roots must be absolute paths")
     return config
 
 

@@ -20,6 +20,7 @@ from msgspec import Raw
 
 from store import SessionRecord, SessionStore
 
+from .access import check_session_access
 from .config import Config
 from .lifecycle import State
 from .logs import get_logger
@@ -87,7 +88,9 @@ class Hub:
             del self.deleted[next(iter(self.deleted))]
         self.log_session(session, "session.closed")
 
-    async def new_session(self, cwd: str, params: Raw, env: dict[str, str]) -> SessionOwner:
+    async def new_session(
+        self, cwd: str, params: Raw, env: dict[str, str], *, creator_uid: int | None = None
+    ) -> SessionOwner:
         """A conversation about to be created; its owner binds it (``SessionOwner.create``)."""
         members = object_members(params)
         now = time.time()
@@ -103,6 +106,7 @@ class Hub:
             ),
             created_at=now,
             updated_at=now,
+            creator_uid=creator_uid,
         )
         await self.ownership.claim_session(record.id)
         return self._own(Session(self.config, self.store, record, env=env))
@@ -142,7 +146,13 @@ class Hub:
         return session
 
     async def ready_session(
-        self, params: Raw, env: dict[str, str], *, check_cwd: bool = False
+        self,
+        params: Raw,
+        env: dict[str, str],
+        *,
+        check_cwd: bool = False,
+        peer_uid: int | None = None,
+        auth: Raw | None = None,
     ) -> Session:
         """The session named in ``params``, with a live agent (restored by its owner if it
         was gone).
@@ -160,6 +170,7 @@ class Hub:
         if await self.ownership.claim_session(sid):
             self._forget_unless_live(sid)  # another replica may have written since
         session, owner = await self.session(sid)
+        check_session_access(self.config, peer_uid, session.record)
         cwd = get_str(members, "cwd")
         if check_cwd and cwd is not None and cwd != session.record.cwd:
             raise LocalProtocolError(
@@ -174,6 +185,7 @@ class Hub:
                 env,
                 mcp_servers=members.get("mcpServers"),
                 additional_directories=members.get("additionalDirectories"),
+                auth=auth,
             )
         return session
 

@@ -12,6 +12,7 @@ reader (``BACKGROUND``); requests for a session being restored wait in that sess
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from msgspec import Raw
 from store import StoreError
 
 from . import __version__
+from .access import check_cwd, check_session_access, listed_creator, may_use
 from .agent import AgentError, Batch
 from .client import ClientConnection
 from .hub import Hub
@@ -98,15 +100,15 @@ async def initialize(hub: Hub, client: ClientConnection, req: Request) -> None:
 
 
 async def authenticate(hub: Hub, client: ClientConnection, req: Request) -> None:
-    agent = await hub.pool.any_agent()
+    # Scoped to this client (its params may hold an API key): the agent that took them is
+    # kept for this client's next session/new, and agents started later for this client's
+    # sessions authenticate the same way; spares other clients take never see them.
     try:
-        result = await agent.call("authenticate", req.params)
+        result = await hub.pool.authenticate_for(client.number, req.params)
     except AgentError as exc:
         client.send_error(req.id, exc.reply.code, exc.reply.message, raw=exc.reply.error)
         return
-    # Every agent spawned from now on authenticates the same way. (Agents already serving
-    # a conversation were started with whatever credentials they found.)
-    hub.pool.auth_params = req.params
+    client.auth_params = req.params
     client.send_response(req.id, result)
 
 
@@ -117,8 +119,11 @@ async def session_new(hub: Hub, client: ClientConnection, req: Request) -> None:
         raise LocalProtocolError(
             'Invalid params: session/new needs "cwd", an absolute path', INVALID_PARAMS
         )
-    owner = await hub.new_session(cwd, req.params, hub.process_env(client.env))
-    result = await owner.create(client, req.params)
+    check_cwd(hub.config, cwd)
+    owner = await hub.new_session(
+        cwd, req.params, hub.process_env(client.env), creator_uid=client.peer_uid
+    )
+    result = await owner.create(client, req.params, auth=client.auth_params)
     session = owner.session
     result["sessionId"] = session.id
     if hub.config.client_profile == "open-design":
@@ -146,7 +151,13 @@ async def session_resume(hub: Hub, client: ClientConnection, req: Request) -> No
 
 async def attach(hub: Hub, client: ClientConnection, req: Request, *, replay: bool) -> None:
     started = time.monotonic()
-    session = await hub.ready_session(req.params, hub.process_env(client.env), check_cwd=True)
+    session = await hub.ready_session(
+        req.params,
+        hub.process_env(client.env),
+        check_cwd=True,
+        peer_uid=client.peer_uid,
+        auth=client.auth_params,
+    )
     state = session_state(session)
     if hub.config.client_profile == "open-design":
         # This daemon treats any update before its prompt as new output: no replay, and
@@ -167,7 +178,9 @@ async def attach(hub: Hub, client: ClientConnection, req: Request, *, replay: bo
 async def session_prompt(hub: Hub, client: ClientConnection, req: Request) -> None:
     received = time.monotonic()
     env = hub.process_env(client.env)
-    session = await hub.ready_session(req.params, env)
+    session = await hub.ready_session(
+        req.params, env, peer_uid=client.peer_uid, auth=client.auth_params
+    )
     if session.turn is None and not session.prompt_queue:
         await _run_turn(hub, session, client, req, env, received, None)
         return
@@ -272,7 +285,7 @@ async def session_cancel_request(hub: Hub, client: ClientConnection, req: Reques
     # Some clients send session/cancel as a request (open-design): honour and answer it.
     sid = session_id_of(req.params)
     session = hub.sessions.get(sid or "")
-    if session is not None:
+    if session is not None and may_use(hub.config, client.peer_uid, session.record):
         session.cancel_turn()
     client.send_response(req.id, b"{}")
 
@@ -289,9 +302,17 @@ async def session_forward(
             "by params.sessionId, and this one has none)",
             METHOD_NOT_FOUND,
         )
-    session = await hub.ready_session(req.params, hub.process_env(client.env))
+    session = await hub.ready_session(
+        req.params, hub.process_env(client.env), peer_uid=client.peer_uid, auth=client.auth_params
+    )
     agent = session.agent
-    assert agent is not None and session.upstream_id is not None
+    if agent is None or session.upstream_id is None or not session.live:
+        # Closed by another connection right after its restore: nothing to forward to.
+        raise LocalProtocolError(
+            f"session {session.id} was closed while this request waited; retry it",
+            RESOURCE_NOT_FOUND,
+            {"kind": "restore_failed", "sessionId": session.id},
+        )
     params = rewrite_members(object_members(req.params), sessionId=session.upstream_id)
 
     def on_reply(reply: Response | ErrorResponse, batch: Batch) -> None:
@@ -335,7 +356,9 @@ async def session_list(hub: Hub, client: ClientConnection, req: Request) -> None
     members = object_members(req.params)
     try:
         records, next_cursor = await hub.store.list_sessions(
-            cwd=get_str(members, "cwd"), cursor=get_str(members, "cursor")
+            cwd=get_str(members, "cwd"),
+            cursor=get_str(members, "cursor"),
+            creator_uid=listed_creator(hub.config, client.peer_uid),
         )
     except ValueError:
         raise LocalProtocolError(
@@ -366,7 +389,8 @@ async def session_close(hub: Hub, client: ClientConnection, req: Request) -> Non
     sid = session_id_of(req.params)
     if sid is None:
         raise LocalProtocolError('Invalid params: "sessionId" is required', INVALID_PARAMS)
-    _session, owner = await hub.session(sid)
+    session, owner = await hub.session(sid)
+    check_session_access(hub.config, client.peer_uid, session.record)
     await hub.ownership.claim_session(sid)
     await owner.close()
     hub.ownership.release(sid)
@@ -378,12 +402,13 @@ async def session_delete(hub: Hub, client: ClientConnection, req: Request) -> No
     if sid is None:
         raise LocalProtocolError('Invalid params: "sessionId" is required', INVALID_PARAMS)
     try:
-        _session, owner = await hub.session(sid)
+        session, owner = await hub.session(sid)
     except LocalProtocolError as exc:
         if exc.code != RESOURCE_NOT_FOUND:
             raise
         # Deleting an unknown session succeeds silently (session-delete.mdx).
     else:
+        check_session_access(hub.config, client.peer_uid, session.record)
         await hub.ownership.claim_session(sid)
         await owner.delete()
     client.send_response(req.id, b"{}")
@@ -412,6 +437,17 @@ async def run_guarded(
     """Run a handler; a :class:`ProtocolError` it raises becomes the request's error answer."""
     try:
         await handler(hub, client, req)
+    except (StoreError, sqlite3.Error) as exc:
+        # Disk full, read-only, locked: this request fails, the connection and its other
+        # sessions' requests go on.
+        client.log.error("store.request_failed", method=req.method, error=str(exc))
+        client.send_error(
+            req.id,
+            INTERNAL_ERROR,
+            f"{req.method} failed: the session store failed ({exc}); check the disk "
+            "holding the proxy's database, then retry",
+            {"kind": "store_failed", "method": req.method},
+        )
     except AgentRefused as exc:
         client.send_error(req.id, exc.code, exc.message, raw=exc.raw)
     except ProtocolError as exc:

@@ -28,15 +28,44 @@ class OutboxFull(Exception):
 class Outbox:
     """Queue bytes for a stream; :meth:`run` writes them in order."""
 
-    def __init__(self, limit_bytes: int, direct: DirectWrite | None = None) -> None:
+    def __init__(
+        self,
+        limit_bytes: int,
+        direct: DirectWrite | None = None,
+        on_size: Callable[[int], None] | None = None,
+    ) -> None:
         self.limit_bytes = limit_bytes
         #: writes to the same peer as the stream given to :meth:`run`, bypassing it
         self.direct = direct
+        #: told the queued byte count whenever it changes (a memory budget)
+        self.on_size = on_size
         self._sending = False  # run() is inside stream.send()
         self._chunks: list[bytes] = []
         self._size = 0
+        self._in_flight = 0  # taken from the queue, inside stream.send()
         self._wakeup = anyio.Event()
+        self._written: anyio.Event | None = None  # created only if somebody waits
         self._closed = False
+
+    @property
+    def queued(self) -> int:
+        """Bytes queued or being written, not yet taken by the peer."""
+        return self._size + self._in_flight
+
+    async def wait_written(self) -> None:
+        """Return after the writer's next write (or once closed)."""
+        if self._closed:
+            return
+        if self._written is None:
+            self._written = anyio.Event()
+        await self._written.wait()
+
+    def _wrote(self) -> None:
+        written, self._written = self._written, None
+        if written is not None:
+            written.set()
+        if self.on_size is not None:
+            self.on_size(self.queued)
 
     @property
     def closed(self) -> bool:
@@ -64,20 +93,23 @@ class Outbox:
             if sent == len(data):
                 return
             data = data[sent:]
-        if self._size + len(data) > self.limit_bytes and self._chunks:
+        if self.queued + len(data) > self.limit_bytes and (self._chunks or self._in_flight):
             self.close()
             raise OutboxFull(
-                f"{self._size} bytes already queued for a peer that is not reading "
+                f"{self.queued} bytes already queued for a peer that is not reading "
                 f"(limit {self.limit_bytes})"
             )
         self._chunks.append(data)
         self._size += len(data)
         self._wakeup.set()
+        if self.on_size is not None:
+            self.on_size(self.queued)
 
     def close(self) -> None:
         """Stop accepting data; :meth:`run` flushes what is queued and returns."""
         self._closed = True
         self._wakeup.set()
+        self._wrote()
 
     async def run(self, stream: ByteSendStream) -> None:
         """Write queued data to ``stream`` until closed and drained.
@@ -88,12 +120,15 @@ class Outbox:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
             while self._chunks:
-                chunks, self._chunks, self._size = self._chunks, [], 0
+                chunks, self._chunks, self._in_flight = self._chunks, [], self._size
+                self._size = 0
                 data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 self._sending = True
                 try:
                     await stream.send(data)
                 finally:
                     self._sending = False
+                    self._in_flight = 0
+                    self._wrote()
             if self._closed:
                 return

@@ -25,7 +25,7 @@ import anyio
 import msgspec
 from msgspec import Raw
 
-from store import DeleteSession, PutSession, UpdateSession
+from store import DeleteSession, PutSession, StoreError, UpdateSession
 
 from .agent import UNBOUND, AgentError, AgentExited, AgentProcess
 from .lifecycle import Event, State
@@ -98,7 +98,7 @@ class SessionOwner:
     async def _execute(self, command: _Command) -> None:
         try:
             command.result = await command.action()
-        except ProtocolError as exc:
+        except (ProtocolError, StoreError) as exc:  # answered as such (store: store_failed)
             command.error = exc
         except Exception as exc:  # a bug: this request fails, the session and proxy go on
             self.session.log.exception("owner.command_failed")
@@ -144,22 +144,24 @@ class SessionOwner:
         *,
         mcp_servers: Raw | None = None,
         additional_directories: Raw | None = None,
+        auth: Raw | None = None,
     ) -> None:
-        """Return once an agent holds the conversation (restored if it was gone).
+        """Return once an agent holds the conversation (restored if it was gone; ``auth``:
+        the asking client's ``authenticate`` params for the agent a restore starts).
 
         Raises:
             LocalProtocolError: deleted (-32002), or no rung of the restore ladder worked.
         """
-        await self._call(lambda: self._ensure_live(env, mcp_servers, additional_directories))
+        await self._call(lambda: self._ensure_live(env, mcp_servers, additional_directories, auth))
 
-    async def create(self, client: Peer, params: Raw) -> dict[str, Any]:
+    async def create(self, client: Peer, params: Raw, auth: Raw | None = None) -> dict[str, Any]:
         """Bind a fresh agent session for a new conversation; returns the agent's answer.
 
         Raises:
             LocalProtocolError: the agent could not be started or refused ``session/new``.
         """
         result: dict[str, Any] = await self._call(
-            lambda: self._create(client, params),
+            lambda: self._create(client, params, auth),
             undo=lambda: self._delete("requester_gone"),
             requester=client,
         )
@@ -176,7 +178,11 @@ class SessionOwner:
     # -- what the owner does -----------------------------------------------------------------
 
     async def _ensure_live(
-        self, env: dict[str, str], mcp_servers: Raw | None, additional_directories: Raw | None
+        self,
+        env: dict[str, str],
+        mcp_servers: Raw | None,
+        additional_directories: Raw | None,
+        auth: Raw | None,
     ) -> None:
         session = self.session
         session.require_not_deleted()
@@ -195,6 +201,7 @@ class SessionOwner:
                 self.pool,
                 mcp_servers=mcp_servers,
                 additional_directories=additional_directories,
+                auth=auth,
             )
             self._on_restored(rung)
             session.on_idle()
@@ -215,7 +222,7 @@ class SessionOwner:
                 {"kind": "agent_not_stopping", "sessionId": session.id},
             )
 
-    async def _create(self, client: Peer, params: Raw) -> dict[str, Any]:
+    async def _create(self, client: Peer, params: Raw, auth: Raw | None) -> dict[str, Any]:
         session = self.session
         store = session.store
         received = time.monotonic()
@@ -224,7 +231,9 @@ class SessionOwner:
         agent: AgentProcess | None = None
         stored = False
         try:
-            agent, setup = await self.pool.acquire(session.record.cwd, session.env or None)
+            agent, setup = await self.pool.acquire(
+                session.record.cwd, session.env or None, auth, client.number
+            )
             await store.commit([PutSession(session.record)])
             stored = True
             agent.handler = session
@@ -262,8 +271,8 @@ class SessionOwner:
             session.detach(client)
             if agent is not None:
                 agent.handler = UNBOUND
-                if isinstance(exc, AgentRefused):
-                    self.pool.give_back(agent)  # refused, but healthy: a spare again if it fits
+                if isinstance(exc, AgentRefused) or (isinstance(exc, StoreError) and not stored):
+                    self.pool.give_back(agent)  # unbound and healthy: a spare again if it fits
                 else:
                     agent.stop()
             session.lifecycle.handle(Event.BIND_FAILED)

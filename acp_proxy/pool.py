@@ -27,6 +27,7 @@ from msgspec import Raw
 from store import SessionStore
 
 from .agent import AgentError, AgentExited, AgentProcess
+from .agent_env import agent_environment
 from .config import Config
 from .logs import get_logger
 from .protocol import INTERNAL_ERROR, LocalProtocolError
@@ -73,8 +74,9 @@ class AgentPool:
         self._info_lock = anyio.Lock()
         self._spares_starting = 0
         self._spare_settled = anyio.Event()  #: set (and replaced) when a spare start ends
-        #: ``authenticate`` params a client used; replayed on every agent spawned later
-        self.auth_params: Raw | None = None
+        #: agents a client authenticated (``authenticate``), kept for that client's next
+        #: ``session/new``: never a spare another client could take
+        self._held: dict[int, AgentProcess] = {}
         self.log = get_logger(component="pool")
 
     def start_spares(self) -> None:
@@ -95,8 +97,11 @@ class AgentPool:
             self._spare_settled = anyio.Event()
         self.spares.append(agent)
 
-    async def spawn(self, cwd: str | None, env: dict[str, str] | None = None) -> AgentProcess:
-        """Spawn the agent command (``env`` added to ours) and complete ``initialize``.
+    async def spawn(
+        self, cwd: str | None, env: dict[str, str] | None = None, auth: Raw | None = None
+    ) -> AgentProcess:
+        """Spawn the agent command (``env`` added to ours) and complete ``initialize`` (then
+        ``authenticate`` with ``auth``, a client's own params, if given).
 
         Raises:
             AgentStartError: it could not be started, exited, erred or timed out.
@@ -105,11 +110,15 @@ class AgentPool:
         agent = AgentProcess(
             config.agent_command,
             cwd=_usable_dir(cwd) or config.agent_cwd or None,
-            env={**os.environ, **env} if env else None,
+            env=agent_environment(
+                os.environ, allow=config.agent_env_allow, store_url=config.db, extra=env
+            ),
             store=self._store,
             max_line_bytes=config.max_line_bytes,
             kill_grace_s=config.kill_grace_s,
+            stdin_limit_bytes=config.agent_stdin_bytes,
         )
+        agent.scoped = bool(env)  # a client's per-process values: never another's spare
         command = " ".join(config.agent_command)
         try:
             await self.tg.start(agent.run)
@@ -120,7 +129,7 @@ class AgentPool:
                 {"kind": "agent_spawn_failed", "command": config.agent_command},
             ) from None
         try:
-            await self._initialize(agent, command)
+            await self._initialize(agent, command, auth)
         except BaseException:
             # Cancelled (or failed) half way: the process is ours, never left running alone.
             agent.stop()
@@ -129,13 +138,14 @@ class AgentPool:
             self.agent_info = agent.initialize_result
         return agent
 
-    async def _initialize(self, agent: AgentProcess, command: str) -> None:
+    async def _initialize(self, agent: AgentProcess, command: str, auth: Raw | None) -> None:
         config = self.config
         try:
             with anyio.fail_after(config.agent_start_timeout_s):
                 await agent.initialize(config.client_capabilities)
-                if self.auth_params is not None:
-                    await agent.call("authenticate", self.auth_params)
+                if auth is not None:
+                    agent.scoped = True
+                    await agent.call("authenticate", auth)
         except TimeoutError:
             raise AgentStartError(
                 f"the agent `{command}` did not answer initialize within "
@@ -157,20 +167,26 @@ class AgentPool:
             ) from None
 
     async def acquire(
-        self, cwd: str, env: dict[str, str] | None = None
+        self,
+        cwd: str,
+        env: dict[str, str] | None = None,
+        auth: Raw | None = None,
+        owner: int | None = None,
     ) -> tuple[AgentProcess, SetupTimings]:
-        """A warm spare if one is ready (then a replacement is started), else a fresh agent;
-        within ``max_live_agents`` (see the module docstring).
+        """The agent ``owner`` (a client) authenticated, else a warm spare if one is ready
+        (then a replacement is started), else a fresh agent; within ``max_live_agents`` (see
+        the module docstring).
 
         Spares run with the proxy's own environment: a session that needs per-process values
-        (``env``) gets a fresh agent.
+        (``env``) gets a fresh agent. A spare taken for a client that authenticated
+        (``auth``) is authenticated with that client's params; it is never a spare again.
 
         Raises:
             AgentStartError: no slot freed in time, or the agent could not be started.
         """
         await self._reserve_slot()
         try:
-            agent, setup = await self._take_or_spawn(cwd, env)
+            agent, setup = await self._take_or_spawn(cwd, env, auth, owner)
         except BaseException:
             self._release_slot()
             raise
@@ -178,25 +194,80 @@ class AgentPool:
         return agent, setup
 
     async def _take_or_spawn(
-        self, cwd: str, env: dict[str, str] | None
+        self, cwd: str, env: dict[str, str] | None, auth: Raw | None, owner: int | None
     ) -> tuple[AgentProcess, SetupTimings]:
+        held = self._held.pop(owner, None) if owner is not None else None
+        if held is not None and held.alive and not env:
+            return held, SetupTimings("spare")
+        if held is not None:
+            held.stop()
         while self.spares and not env:
             agent = self.spares.pop(0)
             if agent.alive:
                 if len(self.spares) < self.config.warm_spares:
                     self.tg.start_soon(self._add_spare)
+                if auth is not None:
+                    await self._authenticate(agent, auth)
                 return agent, SetupTimings("spare")
-        agent = await self.spawn(cwd, env)
+        agent = await self.spawn(cwd, env, auth)
         return agent, SetupTimings("cold", cli_ready_ms=agent.cli_ready_ms)
 
+    async def _authenticate(self, agent: AgentProcess, auth: Raw) -> None:
+        agent.scoped = True
+        try:
+            with anyio.fail_after(self.config.agent_start_timeout_s):
+                await agent.call("authenticate", auth)
+        except (AgentError, AgentExited, TimeoutError) as exc:
+            agent.stop()
+            raise AgentStartError(
+                f"the agent refused this client's authenticate params: {exc}",
+                INTERNAL_ERROR,
+                {"kind": "agent_start_failed"},
+            ) from None
+
+    async def authenticate_for(self, owner: int, auth: Raw) -> dict[str, Any]:
+        """Run a client's ``authenticate`` on an agent kept for that client alone.
+
+        Raises:
+            AgentError: the agent refused the params (the agent is stopped).
+        """
+        agent = self._held.pop(owner, None)
+        if agent is None or not agent.alive:
+            agent = await self._take_spare() or await self.spawn(None)
+        agent.scoped = True
+        try:
+            result = await agent.call("authenticate", auth)
+        except BaseException:
+            agent.stop()
+            raise
+        self._held[owner] = agent
+        return result
+
+    async def _take_spare(self) -> AgentProcess | None:
+        while self.spares:
+            agent = self.spares.pop(0)
+            if agent.alive:
+                if len(self.spares) < self.config.warm_spares:
+                    self.tg.start_soon(self._add_spare)
+                return agent
+        return None
+
+    def release_owner(self, owner: int) -> None:
+        """A client left: stop the agent it authenticated and did not use."""
+        agent = self._held.pop(owner, None)
+        if agent is not None:
+            agent.stop()
+
     def give_back(self, agent: AgentProcess) -> None:
-        """An agent handed out by :meth:`acquire` that holds no conversation: it becomes a
-        spare again if it runs with the proxy's own environment and a spare is missing,
-        else it is stopped. Its slot is free either way."""
+        """An agent handed out by :meth:`acquire` that holds no conversation (its session
+        could not be created): a spare again if it runs with the proxy's own environment and
+        no client's credentials and a spare is missing, else stopped. Its slot is free
+        either way."""
         if self._on_bound_exit in agent.exit_callbacks:
             agent.exit_callbacks.remove(self._on_bound_exit)
             self._release_slot()
-        if agent.alive and agent.env is None and len(self.spares) < self.config.warm_spares:
+        fits = len(self.spares) < self.config.warm_spares
+        if agent.alive and not agent.scoped and fits:
             self.spares.append(agent)
         else:
             agent.stop()
@@ -258,18 +329,9 @@ class AgentPool:
             assert self.agent_info is not None
             return self.agent_info
 
-    async def any_agent(self) -> AgentProcess:
-        """An initialized agent for connection-level calls (``authenticate``): a spare."""
-        for agent in self.spares:
-            if agent.alive:
-                return agent
-        agent = await self.spawn(None)
-        self.spares.append(agent)
-        return agent
-
     def stop(self) -> None:
-        """Stop every spare."""
-        for agent in self.spares:
+        """Stop every spare and every agent held for a client."""
+        for agent in [*self.spares, *self._held.values()]:
             agent.stop()
 
 

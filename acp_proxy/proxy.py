@@ -20,6 +20,8 @@ from anyio.abc import TaskGroup
 
 from store import SessionStore
 
+from .access import may_use
+from .budget import MemoryBudget, wait_for_agent_stdin
 from .client import ClientConnection
 from .config import Config
 from .extensions import ENV_METHOD, STATUS_METHOD
@@ -60,6 +62,7 @@ class Proxy:
     def __init__(self, config: Config, store: SessionStore, tg: TaskGroup) -> None:
         self.config = config
         self.hub = Hub(config, store, tg)
+        self.budget = MemoryBudget(config.max_buffered_bytes)
         self._clients = 0
         #: connected clients (status, metrics, the drain's last flush)
         self.clients: set[ClientConnection] = set()
@@ -78,7 +81,7 @@ class Proxy:
     def new_client(self, stream: Any) -> ClientConnection:
         """A connection was accepted."""
         self._clients += 1
-        client = ClientConnection(self, self.config, stream, self._clients)
+        client = ClientConnection(self, self.config, stream, self._clients, self.budget)
         client.on_error = self.metrics.count_error
         self.clients.add(client)
         return client
@@ -94,6 +97,11 @@ class Proxy:
         in a task of their own, while other sessions' messages go on inline.
         """
         sid = self._gate_key(client, msg)
+        target = self.hub.sessions.get(sid) if sid is not None else None
+        if target is not None and target.agent is not None:
+            # Backpressure: this connection is not read while its agent's stdin is full.
+            agent = target.agent
+            await wait_for_agent_stdin(agent.outbox, agent.stdin_limit_bytes)
         if sid is not None and client.tg is not None:
             gate = client.gates.get(sid)
             if gate is not None or (isinstance(msg, Request) and self._needs_restore(sid)):
@@ -189,7 +197,7 @@ class Proxy:
             client.log.info("client.env", names=sorted(env))
         elif msg.method == "session/cancel":
             session = self.hub.sessions.get(session_id_of(msg.params) or "")
-            if session is not None:
+            if session is not None and may_use(self.config, client.peer_uid, session.record):
                 session.cancel_turn()
         elif msg.method == "$/cancel_request":
             # Hop-scoped (acp-notes §7.4): the agent gets its own id, never the client's.
@@ -205,7 +213,11 @@ class Proxy:
                 )
         elif msg.method.startswith("_"):
             session = self.hub.sessions.get(session_id_of(msg.params) or "")
-            if session is not None and session.live:
+            if (
+                session is not None
+                and session.live
+                and may_use(self.config, client.peer_uid, session.record)
+            ):
                 assert session.agent is not None and session.upstream_id is not None
                 params = rewrite_members(object_members(msg.params), sessionId=session.upstream_id)
                 session.agent.send_notification(msg.method, params)
@@ -221,6 +233,7 @@ class Proxy:
             session.detach(client)
         client.sessions.clear()
         client.inflight.clear()
+        self.hub.pool.release_owner(client.number)
 
 
 #: Messages that never wait in a session's gate (no session, or handled beside the reader).

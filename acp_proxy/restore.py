@@ -34,7 +34,7 @@ from .lifecycle import Event
 from .pool import AgentPool, SetupTimings
 from .protocol import RESOURCE_NOT_FOUND, LocalProtocolError
 from .session import Session
-from .transcript import seed_block
+from .transcript import recorded_updates, seed_block
 
 __all__ = ["RestoreFailed", "restore_session"]
 
@@ -90,11 +90,9 @@ async def _rebind(
             {"kind": "restore_failed", "sessionId": session.id},
         )
     session.upstream_id = result["sessionId"]
-    updates = []
-    for payload in await session.store.event_payloads(session.id):
-        update = _decoder.decode(payload).get("update")
-        if isinstance(update, dict):
-            updates.append(update)
+    updates, skipped = recorded_updates(await session.store.event_payloads(session.id))
+    if skipped:
+        session.log.warning("restore.events_skipped", skipped=skipped, why="unreadable or too deep")
     session.seed = seed_block(session.id, updates, include_thoughts=session.config.seed_thoughts)
     if failures:
         session.log.info("restore.fell_back_to_new", failures=failures)
@@ -144,9 +142,11 @@ async def restore_session(
     *,
     mcp_servers: Raw | None = None,
     additional_directories: Raw | None = None,
+    auth: Raw | None = None,
 ) -> str:
     """Give an UNBOUND ``session`` a live agent again (see the module docstring):
     UNBOUND → BINDING → LIVE, or back to UNBOUND with the agent stopped. Returns the rung.
+    ``auth``: the asking client's ``authenticate`` params, for a fresh agent.
 
     Raises:
         RestoreFailed: every rung failed or the agent could not start; ``data.kind`` is
@@ -158,7 +158,7 @@ async def restore_session(
     try:
         if session.turn is None:
             await _settle_unfinished_turn(session.store, session)
-        agent, setup = await pool.acquire(session.record.cwd, session.env)
+        agent, setup = await pool.acquire(session.record.cwd, session.env, auth)
         agent.handler = session
         session.agent = agent
         session.drained = 0

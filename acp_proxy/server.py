@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -18,15 +19,30 @@ from typing import Any
 import anyio
 from anyio.abc import SocketListener, SocketStream, TaskGroup
 
-from store import AnyStore, is_postgres_url, open_store
+from store import (
+    AnyStore,
+    DatabaseLock,
+    FileIdentity,
+    StoreError,
+    check_writable,
+    file_identity,
+    is_postgres_url,
+    make_private_dirs,
+    open_store,
+    secure_database_files,
+)
 
 from .config import Config
 from .drain import drain
+from .listener import PeerCredentials, accept_connections, connection_cap, raise_open_file_limit
 from .logs import get_logger
 from .metrics import serve_metrics
 from .proxy import Proxy
 
-__all__ = ["SocketInUseError", "redact_db", "replica_id", "serve"]
+__all__ = ["SocketInUseError", "StartRefused", "redact_db", "replica_id", "serve"]
+
+#: How often the database path is checked for being deleted or replaced under the proxy.
+DB_WATCH_INTERVAL_S = 2.0
 
 
 def redact_db(db: str) -> str:
@@ -38,7 +54,11 @@ def redact_db(db: str) -> str:
     return db
 
 
-class SocketInUseError(Exception):
+class StartRefused(Exception):
+    """``serve`` cannot start; the message (one line) says why and names the file."""
+
+
+class SocketInUseError(StartRefused):
     """Another process already accepts connections on the socket path."""
 
 
@@ -111,15 +131,107 @@ def replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+def _take_locks(socket_path: Path, db: Path | None) -> list[DatabaseLock]:
+    """The socket's lock, then the SQLite database's (always in this order, so of two serves
+    racing for the same pair exactly one gets both); held until ``serve`` returns."""
+    locks: list[DatabaseLock] = []
+    try:
+        locks.append(DatabaseLock(Path(f"{socket_path}.lock"), f"the socket {socket_path}"))
+        if db is not None:
+            locks.append(DatabaseLock(Path(f"{db}.lock"), f"the database {db}"))
+    except StoreError as exc:
+        for lock in locks:
+            lock.release()
+        raise StartRefused(str(exc)) from None
+    return locks
+
+
+def _prepare_database(db: Path, log: Any) -> None:
+    """Refuse a database that cannot be written; create it, and its directory, owner-only."""
+    try:
+        make_private_dirs(db.parent)
+        check_writable(db)
+        tightened = secure_database_files(db)
+    except StoreError as exc:
+        raise StartRefused(str(exc)) from None
+    except OSError as exc:
+        raise StartRefused(f"cannot create the database {db}: {exc.strerror}") from None
+    for path, mode in tightened:
+        log.warning(
+            "store.mode_tightened",
+            file=str(path),
+            old_mode=oct(mode),
+            new_mode="0o600",
+            hint="the database holds every conversation; it is now readable by its owner only",
+        )
+
+
+async def _watch_database(db: Path, opened: FileIdentity | None, keep_fd: int, log: Any) -> None:
+    """Log an error when the database file is deleted or replaced under the running proxy.
+
+    The proxy goes on with the file it opened (turns in flight keep working, and every write
+    lands in the old file); ``keep_fd`` keeps that file reachable as ``/proc/<pid>/fd/<n>``
+    so it can be copied before the proxy is restarted. Bounded: runs until cancelled.
+    """
+    state = "ok"
+    while True:
+        await anyio.sleep(DB_WATCH_INTERVAL_S)
+        now = file_identity(db)
+        seen = "ok" if now == opened else "missing" if now is None else "replaced"
+        if seen != state and seen != "ok":
+            log.error(
+                f"store.file_{seen}",
+                db=str(db),
+                hint=f"the proxy keeps writing to the file it opened: copy "
+                f"/proc/{os.getpid()}/fd/{keep_fd} (and {db}-wal, if present) before "
+                "restarting, or the conversations recorded since start are lost",
+            )
+        elif seen == "ok" and state != "ok":
+            log.info("store.file_back", db=str(db))
+        state = seen
+
+
 async def serve(config: Config) -> None:
     """Run the proxy until SIGINT/SIGTERM: the drain (drain.py), then agents are terminated
     and the store closed."""
     log = get_logger(component="serve")
     started = time.monotonic()
     _reap_agents_with_pidfd()
+    soft_before, open_files = raise_open_file_limit()
+    cap = connection_cap(config, open_files)
     path = Path(config.socket)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _clear_stale_socket(path)
+    try:
+        make_private_dirs(path.parent)
+    except OSError as exc:
+        raise StartRefused(f"cannot create the socket's directory {path.parent}: {exc}") from None
+    # A PostgreSQL store is shared by replicas (leases); a SQLite file belongs to one serve.
+    db = None if is_postgres_url(config.db) else Path(config.db)
+    locks = _take_locks(path, db)
+    try:
+        if db is not None:
+            _prepare_database(db, log)
+        _clear_stale_socket(path)
+        opened = file_identity(db) if db is not None else None
+        keep_fd = os.open(db, os.O_RDONLY | os.O_CLOEXEC) if db is not None else None
+        try:
+            await _serve_on(config, path, cap, log, started, (opened, keep_fd, soft_before))
+        finally:
+            if keep_fd is not None:
+                os.close(keep_fd)
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+    log.info("serve.stopped", uptime_s=round(time.monotonic() - started, 3))
+
+
+async def _serve_on(
+    config: Config,
+    path: Path,
+    cap: int,
+    log: Any,
+    started: float,
+    db_state: tuple[FileIdentity | None, int | None, int],
+) -> None:
     # Replicas share a PostgreSQL database: each session has one owner (its lease).
     owner = (config.replica_id or replica_id()) if is_postgres_url(config.db) else None
     async with open_store(
@@ -128,10 +240,9 @@ async def serve(config: Config) -> None:
         listener = await anyio.create_unix_listener(path, mode=config.socket_mode)
         try:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                await _serve(config, store, listener, signals, log, started)
+                await _serve(config, store, listener, signals, log, started, cap, db_state, owner)
         finally:
-            path.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink at shutdown)
-    log.info("serve.stopped", uptime_s=round(time.monotonic() - started, 3))
+            path.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink at shutdown, lock held)
 
 
 async def _serve(
@@ -141,7 +252,11 @@ async def _serve(
     signals: AsyncIterator[int],
     log: Any,
     started: float,
+    cap: int,
+    db_state: tuple[FileIdentity | None, int | None, int],
+    owner: str | None,
 ) -> None:
+    opened, keep_fd, soft_before = db_state
     async with listener, anyio.create_task_group() as tg:
         proxy = Proxy(config, store, tg)
         store.commit_observer = proxy.metrics.observe_store_commit
@@ -153,24 +268,31 @@ async def _serve(
             )
         tg.start_soon(_watch_signals, signals, tg, proxy, log)
 
-        async def handle(stream: SocketStream) -> None:
+        async def handle(stream: SocketStream, peer: PeerCredentials | None) -> None:
             try:
-                await proxy.new_client(stream).run()
+                client = proxy.new_client(stream)
+                client.peer_uid = peer.uid if peer is not None else None
+                await client.run()
             except Exception:
                 # A bug met by one connection ends that connection, not the proxy
                 # and the other conversations.
                 log.exception("client.crashed")
 
-        tg.start_soon(listener.serve, handle, tg)
+        tg.start_soon(accept_connections, listener, handle, tg, config, cap)
+        if keep_fd is not None:
+            tg.start_soon(_watch_database, Path(config.db), opened, keep_fd, log)
         proxy.hub.pool.start_spares()
         tg.start_soon(proxy.hub.run_reaper)
         log.info(
             "ready",
             socket=config.socket,
             db=redact_db(config.db),
-            replica=store.owner if hasattr(store, "owner") else None,
+            replica=owner,
             agent_command=config.agent_command,
             pid=os.getpid(),
+            max_connections=cap,
+            open_files_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            open_files_limit_was=soft_before,
             startup_ms=round((time.monotonic() - started) * 1000, 3),
         )
         try:

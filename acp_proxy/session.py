@@ -58,6 +58,7 @@ from .protocol import (
     Request,
     Response,
     SessionUpdate,
+    as_valid_utf8,
     decode_update_params,
     encode_notification,
     object_members,
@@ -348,8 +349,10 @@ class Session:
             return
         self.touch()
 
-        def read(after: int, upto: int, limit: int) -> Any:
-            return self.store.event_page(self.id, after_seq=after, upto_seq=upto, limit=limit)
+        async def read(after: int, upto: int, limit: int) -> list[tuple[int, bytes]]:
+            page = await self.store.event_page(self.id, after_seq=after, upto_seq=upto, limit=limit)
+            # Rows stored before client lines were checked may hold invalid UTF-8: repaired.
+            return [(seq, as_valid_utf8(payload)) for seq, payload in page]
 
         await self.audience.replay(client, self, self.delivered_seq, read)
 

@@ -10,16 +10,20 @@ same transcript as the raw one. It is used to build the seed of a restored conve
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
+
+from .protocol import MALFORMED_JSON, as_valid_utf8, exceeds_depth
 
 __all__ = [
     "CONVERSATION_KINDS",
     "SEED_HEADER",
     "coalesce",
     "fold",
+    "recorded_updates",
     "seed_block",
 ]
 
@@ -32,6 +36,32 @@ CONVERSATION_KINDS: Final = frozenset({*_CHUNK_KINDS, "tool_call", "tool_call_up
 #: First line of the history block a restored agent receives (see :func:`seed_block`).
 SEED_HEADER: Final = "<acp-proxy:history"
 _encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder()
+
+
+def recorded_updates(payloads: Iterable[bytes]) -> tuple[list[dict[str, Any]], int]:
+    """The ``update`` objects of stored ``session/update`` params, and how many were skipped.
+
+    A store may hold anything an older proxy accepted: invalid UTF-8 is repaired (U+FFFD),
+    and payloads nested too deep to walk safely, or not JSON at all, are skipped, so one bad
+    event can never make a conversation impossible to restore.
+    """
+    updates: list[dict[str, Any]] = []
+    skipped = 0
+    for payload in payloads:
+        data = as_valid_utf8(payload)
+        if exceeds_depth(data):
+            skipped += 1
+            continue
+        try:
+            params = _decoder.decode(data)
+        except MALFORMED_JSON:
+            skipped += 1
+            continue
+        update = params.get("update") if isinstance(params, dict) else None
+        if isinstance(update, dict):
+            updates.append(update)
+    return updates, skipped
 
 
 def _kind(update: Any) -> str:

@@ -7,6 +7,15 @@ across replicas) are in ``_leases.py``.
 
 from __future__ import annotations
 
+from ._files import (
+    DatabaseLock,
+    FileIdentity,
+    LockHeld,
+    check_writable,
+    file_identity,
+    make_private_dirs,
+    secure_database_files,
+)
 from ._leases import (
     DEFAULT_LEASE_TTL_S,
     Lease,
@@ -64,11 +73,14 @@ __all__ = [
     "AnyStore",
     "AppendEvent",
     "AppendEvents",
+    "DatabaseLock",
     "DeleteSession",
+    "FileIdentity",
     "FinishTurn",
     "Lease",
     "LeaseBook",
     "LeaseHeldElsewhere",
+    "LockHeld",
     "PendingCommit",
     "PostgresStore",
     "PutSession",
@@ -85,8 +97,12 @@ __all__ = [
     "UpdateSession",
     "WriteOp",
     "append_event",
+    "check_writable",
+    "file_identity",
     "is_postgres_url",
+    "make_private_dirs",
     "open_postgres_store",
     "open_sqlite_store",
     "open_store",
+    "secure_database_files",
 ]

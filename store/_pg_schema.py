@@ -115,7 +115,12 @@ CREATE TABLE session_leases (
 );
 """
 
-PG_MIGRATIONS: Final[list[str]] = [_V1_INITIAL, _V2_EVENT_RUNS, _V3_LEASES]
+_V4_CREATOR_UID = """
+-- The uid of the client that created a session (session_access = "creator"); see _schema.py.
+ALTER TABLE sessions ADD COLUMN creator_uid BIGINT;
+"""
+
+PG_MIGRATIONS: Final[list[str]] = [_V1_INITIAL, _V2_EVENT_RUNS, _V3_LEASES, _V4_CREATOR_UID]
 """``PG_MIGRATIONS[i]`` upgrades schema version ``i`` to ``i + 1``."""
 
 assert len(PG_MIGRATIONS) == len(MIGRATIONS) == SCHEMA_VERSION

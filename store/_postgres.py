@@ -328,7 +328,12 @@ class PostgresStore:
         return SessionRecord(*row) if row is not None else None
 
     async def list_sessions(
-        self, *, cwd: str | None = None, cursor: str | None = None, limit: int = 50
+        self,
+        *,
+        cwd: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        creator_uid: int | None = None,
     ) -> tuple[list[SessionRecord], str | None]:
         """Return one page of sessions ordered by ``updated_at`` descending, then ``id``.
 
@@ -342,6 +347,9 @@ class PostgresStore:
         if cwd is not None:
             params.append(cwd)
             where.append(f"cwd = ${len(params)}")
+        if creator_uid is not None:
+            params.append(creator_uid)
+            where.append(f"creator_uid = ${len(params)}")
         if cursor is not None:
             updated_at, last_id = _decode_cursor(cursor)
             params += [updated_at, last_id]

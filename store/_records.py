@@ -65,6 +65,8 @@ class SessionRecord(msgspec.Struct, frozen=True):
         created_at: Creation time, seconds since the epoch.
         updated_at: Last change, seconds since the epoch (orders `list_sessions`).
         state: ``"active"`` or ``"closed"``.
+        creator_uid: Unix uid of the client that created it (``SO_PEERCRED``); None for
+            sessions created before schema version 3 or without a peer uid.
     """
 
     id: str
@@ -79,6 +81,7 @@ class SessionRecord(msgspec.Struct, frozen=True):
     created_at: float = 0.0
     updated_at: float = 0.0
     state: str = "active"
+    creator_uid: int | None = None
 
 
 class TurnRecord(msgspec.Struct, frozen=True):
@@ -283,9 +286,15 @@ class SessionStore(Protocol):
         ...
 
     async def list_sessions(
-        self, *, cwd: str | None = None, cursor: str | None = None, limit: int = 50
+        self,
+        *,
+        cwd: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        creator_uid: int | None = None,
     ) -> tuple[list[SessionRecord], str | None]:
-        """Return one page of sessions (newest ``updated_at`` first) and the next cursor."""
+        """Return one page of sessions (newest ``updated_at`` first) and the next cursor;
+        ``creator_uid``: only the sessions that uid created."""
         ...
 
     async def event_payloads(self, session_id: str, *, upto_seq: int | None = None) -> list[bytes]:

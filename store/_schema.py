@@ -117,7 +117,14 @@ CREATE TABLE session_leases (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: list[str] = [_V1_INITIAL, _V2_EVENT_RUNS, _V3_LEASES]
+_V4_CREATOR_UID = """
+-- The uid of the client that created a session (SO_PEERCRED on the proxy's socket), so a
+-- proxy with session_access = "creator" serves a session only to that uid. NULL: created
+-- before this version (or with no peer uid); such sessions stay with the proxy's own uid.
+ALTER TABLE sessions ADD COLUMN creator_uid INTEGER;
+"""
+
+MIGRATIONS: list[str] = [_V1_INITIAL, _V2_EVENT_RUNS, _V3_LEASES, _V4_CREATOR_UID]
 """``MIGRATIONS[i]`` upgrades schema version ``i`` to ``i + 1``."""
 
 SCHEMA_VERSION: int = len(MIGRATIONS)

@@ -507,12 +507,18 @@ class SqliteStore:
         return SessionRecord(*rows[0]) if rows else None
 
     async def list_sessions(
-        self, *, cwd: str | None = None, cursor: str | None = None, limit: int = 50
+        self,
+        *,
+        cwd: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        creator_uid: int | None = None,
     ) -> tuple[list[SessionRecord], str | None]:
         """Return one page of sessions ordered by ``updated_at`` descending, then ``id``.
 
         Args:
             cwd: Only sessions with exactly this working directory.
+            creator_uid: Only sessions this uid created.
             cursor: The cursor returned with the previous page, None for the first page.
             limit: Maximum number of sessions in the page (at least 1).
 
@@ -529,6 +535,9 @@ class SqliteStore:
         if cwd is not None:
             where.append("cwd = ?")
             params.append(cwd)
+        if creator_uid is not None:
+            where.append("creator_uid = ?")
+            params.append(creator_uid)
         if cursor is not None:
             updated_at, last_id = _decode_cursor(cursor)
             where.append("(updated_at < ? OR (updated_at = ? AND id > ?))")

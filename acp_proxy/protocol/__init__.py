@@ -6,6 +6,7 @@ bytes in and writes the bytes that come out.
 
 from __future__ import annotations
 
+from ._depth import MAX_NESTING_DEPTH, exceeds_depth
 from ._errors import (
     AGENT_EXITED,
     INTERNAL_ERROR,
@@ -32,6 +33,7 @@ from ._messages import (
     Request,
     RequestId,
     Response,
+    as_valid_utf8,
     decode_message,
     encode_error,
     encode_notification,
@@ -50,6 +52,7 @@ __all__ = [
     "INVALID_PARAMS",
     "INVALID_REQUEST",
     "MALFORMED_JSON",
+    "MAX_NESTING_DEPTH",
     "METHOD_NOT_FOUND",
     "OVERSIZE",
     "PARSE_ERROR",
@@ -71,6 +74,7 @@ __all__ = [
     "RequestId",
     "Response",
     "SessionUpdate",
+    "as_valid_utf8",
     "decode_message",
     "decode_update_line",
     "decode_update_params",
@@ -79,6 +83,7 @@ __all__ = [
     "encode_request",
     "encode_response",
     "error_payload",
+    "exceeds_depth",
     "get_str",
     "object_members",
     "rewrite_members",

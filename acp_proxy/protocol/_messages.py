@@ -13,7 +13,8 @@ from typing import Final, TypeAlias
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from ._errors import INVALID_REQUEST, PARSE_ERROR, RemoteProtocolError
+from ._depth import MAX_NESTING_DEPTH, exceeds_depth
+from ._errors import INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, RemoteProtocolError
 from ._params import MALFORMED_JSON
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Request",
     "RequestId",
     "Response",
+    "as_valid_utf8",
     "decode_message",
     "encode_error",
     "encode_notification",
@@ -125,12 +127,28 @@ def require_utf8(line: bytes) -> None:
         ) from None
 
 
+def as_valid_utf8(data: bytes) -> bytes:
+    """``data`` unchanged when it is valid UTF-8, else with each bad sequence as U+FFFD.
+
+    For bytes already in a store (recorded before every line was checked): what is replayed to
+    a client or seeded into an agent must be JSON a strict parser accepts.
+    """
+    if data.isascii():
+        return data
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace").encode("utf-8")
+    return data
+
+
 def decode_message(line: bytes) -> Message:
     """Decode one line into a classified message.
 
     Raises:
         RemoteProtocolError: code -32700 for invalid JSON or invalid UTF-8 anywhere in the line,
-            -32600 for valid JSON that is not a JSON-RPC 2.0 message. ``data`` holds the request
+            -32600 for valid JSON that is not a JSON-RPC 2.0 message, -32602 for JSON nested
+            deeper than ``MAX_NESTING_DEPTH``. ``data`` holds the request
             id when one could be read, so the caller can answer it (``None`` otherwise, answered
             with id null).
     """
@@ -150,6 +168,15 @@ def decode_message(line: bytes) -> Message:
             PARSE_ERROR,
         ) from None
     ident = None if isinstance(env.id, UnsetType) else env.id
+    if exceeds_depth(line):
+        # Refused before it is forwarded or stored: a recorded event this deep would make
+        # every restore of the conversation fail.
+        raise RemoteProtocolError(
+            f"Invalid params: JSON nested deeper than {MAX_NESTING_DEPTH} levels; flatten "
+            "the message",
+            INVALID_PARAMS,
+            ident,
+        )
 
     def invalid(why: str) -> RemoteProtocolError:
         return RemoteProtocolError(f"Invalid request: {why}", INVALID_REQUEST, ident)

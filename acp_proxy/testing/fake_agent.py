@@ -53,8 +53,10 @@ A prompt whose first block is acp-proxy's ``<acp-proxy:history …>`` seed (the 
 restore ladder) gives a new session its earlier turns: one per user message in the block.
 
 Extension: ``_fake/state {sessionId?}`` -> ``{pid, initializeCount, sessions: {id: {turns, cwd,
-mode, model, running, boundWith}}, env: {FAKE_*, OPEN_DESIGN_* variables}}``; ``boundWith`` holds
+mode, model, running, boundWith}}, env: {FAKE_*, OPEN_DESIGN_* variables}, envNames: [every
+variable name], authenticated: [params of each authenticate call]}``; ``boundWith`` holds
 the ``mcpServers``/``additionalDirectories`` of the last new/load/resume in this process.
+``authenticate`` answers ``{}`` and records its params (``methodId: "reject"`` is refused).
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class Agent:
         )
         self.sessions: dict[str, Session] = {}
         self.initialize_count = 0
+        self.authenticated: list[Any] = []
         self.next_id = 0
         self.calls: dict[str, asyncio.Future[dict[str, Any]]] = {}  # our requests, by str(id)
         self.inflight: dict[Any, asyncio.Task[None]] = {}  # client requests being handled
@@ -124,6 +127,7 @@ class Agent:
         self.out = sys.stdout.buffer
         self.handlers: dict[str, Handler] = {
             "initialize": self.initialize,
+            "authenticate": self.authenticate,
             "session/new": self.session_new,
             "session/load": self.session_load,
             "session/resume": self.session_resume,
@@ -438,11 +442,19 @@ class Agent:
             return result, [pathlib.Path(knobs.done_file).touch]
         return result
 
+    async def authenticate(self, params: dict[str, Any], rid: Any) -> Any:
+        if params.get("methodId") == "reject":
+            raise RpcError(-32000, "authentication refused")
+        self.authenticated.append(params)
+        return {}
+
     async def fake_state(self, params: dict[str, Any], rid: Any) -> Any:
         wanted = params.get("sessionId")
         return {
             "pid": os.getpid(),
             "initializeCount": self.initialize_count,
+            "authenticated": self.authenticated,
+            "envNames": sorted(os.environ),
             "sessions": {
                 s.id: {
                     "turns": len(s.turns),

@@ -111,14 +111,20 @@ async def run_proxy(
     env: dict[str, str] | None = None,
     db: str | None = None,
     ready_timeout_s: float = 30.0,
+    prefix: Sequence[str] = (),
+    socket_path: str | None = None,
 ) -> AsyncIterator[ProxyHandle]:
-    """Start ``acp-proxy serve`` and wait until its socket accepts connections."""
+    """Start ``acp-proxy serve`` and wait until its socket accepts connections.
+
+    ``prefix`` runs the proxy under a launcher, e.g. ``["prlimit", "--nofile=128:128"]``.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    socket_path = str(directory / "proxy.sock")
+    socket_path = socket_path or str(directory / "proxy.sock")
     db_path = db or str(directory / "proxy.db")
     log_path = directory / "proxy.log"
     command = [
+        *prefix,
         sys.executable,
         "-m",
         "acp_proxy",

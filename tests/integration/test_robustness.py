@@ -176,4 +176,6 @@ async def test_a_second_proxy_on_the_same_socket_refuses_to_start(tmp: Path) -> 
             stdin=subprocess.DEVNULL,
         )
         assert result.returncode == 1
-        assert b"already listening" in result.stderr
+        assert f"the socket {p.socket} is already served by process {p.pid}".encode() in (
+            result.stderr
+        )
