@@ -23,14 +23,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 import anyio
-import msgspec
 from anyio.abc import Process, TaskStatus
 from msgspec import Raw
 
 from store import PendingCommit, SessionStore, StaleLeaseError, StoreError
 
-from . import __version__
-from .batch import AgentError, AgentExited, Batch, ExitInfo, LineSink
+from .agent_calls import AgentCalls
+from .batch import AgentError, AgentExited, Batch, ExitInfo, LineSink, ReplyCallback
 from .held_sessions import close_sessions, noting_reply
 from .logs import get_logger
 from .outbox import Outbox, OutboxFull
@@ -74,10 +73,6 @@ PIPELINE_BATCHES: Final = 8
 STDERR_TAIL_LINES: Final = 20  #: lines of agent stderr kept for error reports
 
 
-#: Called (synchronously) with the agent's answer to a request the proxy sent.
-ReplyCallback = Callable[[Response | ErrorResponse, Batch], None]
-
-
 class AgentHandler(Protocol):
     """Decides what the agent's calls mean. Synchronous: it only fills the batch."""
 
@@ -108,10 +103,9 @@ class _UnboundHandler:
 
 
 UNBOUND: Final = _UnboundHandler()
-_result_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 
 
-class AgentProcess:
+class AgentProcess(AgentCalls):
     """A spawned ACP agent and its stdio connection."""
 
     def __init__(
@@ -452,59 +446,6 @@ class AgentProcess:
     def pending_requests(self) -> int:
         """Requests sent to the agent and not answered yet."""
         return len(self._pending)
-
-    async def call(self, method: str, params: object) -> dict[str, Any]:
-        """Send a proxy-originated request and wait for its result.
-
-        Raises:
-            AgentError: the agent answered with an error.
-            AgentExited: the process ended first.
-        """
-        done = anyio.Event()
-        box: list[Response | ErrorResponse] = []
-
-        def on_reply(reply: Response | ErrorResponse, batch: Batch) -> None:
-            box.append(reply)
-            batch.deliveries.append(done.set)
-
-        payload = params if isinstance(params, bytes | Raw) else msgspec.json.encode(params)
-        ident = self.send_request(method, payload, on_reply)
-        try:
-            await done.wait()
-        finally:
-            if not box:
-                self.forget_request(ident)
-        reply = box[0]
-        if isinstance(reply, ErrorResponse):
-            if reply.code == AGENT_EXITED and self.exit_info is not None:
-                raise AgentExited(self.exit_info, f"waiting for {method}")
-            raise AgentError(method, reply)
-        raw = bytes(reply.result)
-        return {} if raw == b"null" else _result_decoder.decode(raw)
-
-    async def initialize(self, client_capabilities: dict[str, Any]) -> None:
-        """ACP ``initialize`` with the proxy's fixed client capability set."""
-        self.initialize_result = await self.call(
-            "initialize",
-            {
-                "protocolVersion": 1,
-                "clientCapabilities": client_capabilities,
-                "clientInfo": {"name": "acp-proxy", "version": __version__},
-            },
-        )
-
-    @property
-    def capabilities(self) -> dict[str, Any]:
-        """The agent's ``agentCapabilities`` (empty before initialize)."""
-        caps = self.initialize_result.get("agentCapabilities")
-        return caps if isinstance(caps, dict) else {}
-
-    def supports(self, session_capability: str) -> bool:
-        """Whether ``sessionCapabilities.<name>`` is advertised (``load`` reads loadSession)."""
-        if session_capability == "load":
-            return self.capabilities.get("loadSession") is True
-        caps = self.capabilities.get("sessionCapabilities")
-        return isinstance(caps, dict) and isinstance(caps.get(session_capability), dict)
 
     @property
     def cli_ready_ms(self) -> float:

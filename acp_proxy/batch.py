@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .protocol import ErrorResponse
+from .protocol import ErrorResponse, Response
 
-__all__ = ["AgentError", "AgentExited", "Batch", "ExitInfo", "LineSink"]
+__all__ = ["AgentError", "AgentExited", "Batch", "ExitInfo", "LineSink", "ReplyCallback"]
 
 
 class LineSink(Protocol):
@@ -92,3 +92,7 @@ class AgentExited(Exception):
     def __init__(self, info: ExitInfo, doing: str) -> None:
         super().__init__(f"{info.describe()} while {doing}")
         self.info = info
+
+
+#: Called (synchronously) with the agent's answer to a request the proxy sent.
+ReplyCallback = Callable[[Response | ErrorResponse, Batch], None]

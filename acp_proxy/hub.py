@@ -260,6 +260,18 @@ class Hub:
             live_s=round(time.monotonic() - session.created_mono, 3),
         )
 
+    async def stop_agents(self) -> None:
+        """Stop every agent (spares included) and wait until they have exited, bounded by
+        their own stop sequence (SIGKILL after two grace periods): each closes the sessions
+        it holds first, while what it says is still read and recorded."""
+        agents = [s.agent for s in self.sessions.values() if s.agent is not None]
+        agents += [a for a in self.pool.spares if a.alive]
+        for agent in agents:
+            agent.stop()
+        with anyio.move_on_after(3 * self.config.kill_grace_s + 1):
+            for agent in agents:
+                await agent.exited.wait()
+
     def shutdown(self) -> None:
         """Stop every agent (spares included); log each session's line."""
         for session in self.sessions.values():

@@ -105,6 +105,7 @@ async def _watch_signals(
         watch.start_soon(skip_on_second_signal)
         await drain(proxy, proxy.config.drain_timeout_s, wait)
         watch.cancel_scope.cancel()
+    await proxy.hub.stop_agents()  # each closes its sessions while its output is still read
     tg.cancel_scope.cancel()
 
 
