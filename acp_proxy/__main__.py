@@ -167,7 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         anyio.run(serve, config)
     except StartRefused as exc:
-        print(f"acp-proxy serve: {exc}", file=sys.stderr)
+        from .failures import explain
+
+        # The cause, when known, gets the fuller line (path, cause, fix).
+        cause = exc.__cause__
+        line = explain(cause, config.socket, config.db) if cause is not None else None
+        print(line or f"acp-proxy serve: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass

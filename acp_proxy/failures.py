@@ -83,7 +83,8 @@ def explain(exc: BaseException, socket: str, db: str) -> str | None:
     messages = " | ".join(str(e) for e in _causes(exc)).lower()
     errnos = {e.errno for e in _causes(exc) if isinstance(e, OSError)}
     if errno.ENOSPC in errnos or "database or disk is full" in messages:
-        where = db_path if isinstance(exc, StoreError | sqlite3.Error) else socket_path
+        about_db = str(getattr(exc, "filename", None) or "").startswith(str(db_path))
+        where = db_path if about_db or isinstance(exc, StoreError | sqlite3.Error) else socket_path
         return (
             f"acp-proxy serve: the disk holding {where} is full; fix: free space on "
             f"{_existing_parent(where.parent)}'s file system, or move --db elsewhere"

@@ -137,13 +137,19 @@ def _take_locks(socket_path: Path, db: Path | None) -> list[DatabaseLock]:
     racing for the same pair exactly one gets both); held until ``serve`` returns."""
     locks: list[DatabaseLock] = []
     try:
-        locks.append(DatabaseLock(Path(f"{socket_path}.lock"), f"the socket {socket_path}"))
+        try:
+            locks.append(DatabaseLock(Path(f"{socket_path}.lock"), f"the socket {socket_path}"))
+        except StoreError as exc:  # about the socket's directory: explained as such
+            raise StartRefused(str(exc)) from exc.__cause__
         if db is not None:
-            locks.append(DatabaseLock(Path(f"{db}.lock"), f"the database {db}"))
-    except StoreError as exc:
+            try:
+                locks.append(DatabaseLock(Path(f"{db}.lock"), f"the database {db}"))
+            except StoreError as exc:
+                raise StartRefused(str(exc)) from exc
+    except StartRefused:
         for lock in locks:
             lock.release()
-        raise StartRefused(str(exc)) from None
+        raise
     return locks
 
 
@@ -154,9 +160,9 @@ def _prepare_database(db: Path, log: Any) -> None:
         check_writable(db)
         tightened = secure_database_files(db)
     except StoreError as exc:
-        raise StartRefused(str(exc)) from None
+        raise StartRefused(str(exc)) from exc
     except OSError as exc:
-        raise StartRefused(f"cannot create the database {db}: {exc.strerror}") from None
+        raise StartRefused(f"cannot create the database {db}: {exc.strerror}") from exc
     for path, mode in tightened:
         log.warning(
             "store.mode_tightened",
@@ -204,7 +210,7 @@ async def serve(config: Config) -> None:
     try:
         make_private_dirs(path.parent)
     except OSError as exc:
-        raise StartRefused(f"cannot create the socket's directory {path.parent}: {exc}") from None
+        raise StartRefused(f"cannot create the socket's directory {path.parent}: {exc}") from exc
     # A PostgreSQL store is shared by replicas (leases); a SQLite file belongs to one serve.
     db = None if is_postgres_url(config.db) else Path(config.db)
     locks = _take_locks(path, db)

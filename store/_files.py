@@ -87,7 +87,10 @@ def secure_database_files(db: Path) -> list[tuple[Path, int]]:
         except FileNotFoundError:
             continue
         if mode & ~FILE_MODE:
-            os.chmod(path, mode & FILE_MODE)
+            try:
+                os.chmod(path, mode & FILE_MODE)
+            except PermissionError:
+                continue  # not ours: opening it tells what is wrong with it
             tightened.append((path, mode))
     return tightened
 
@@ -143,7 +146,7 @@ class DatabaseLock:
         try:
             self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         except OSError as exc:
-            raise StoreError(f"cannot open the lock file {path}: {exc.strerror}") from None
+            raise StoreError(f"cannot open the lock file {path}: {exc.strerror}") from exc
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -157,8 +160,12 @@ class DatabaseLock:
                 f"{what} is already served by {who} (lock {path} is held); one acp-proxy "
                 "serve per database and socket: stop the other one or use another path"
             ) from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # a full disk: the lock is useless without its holder's pid
+            self.release()
+            raise StoreError(f"cannot write the lock file {path}: {exc.strerror}") from exc
 
     def _holder(self) -> str:
         assert self._fd is not None
