@@ -175,7 +175,9 @@ async def test_paused_owner_cannot_write_after_a_takeover(tmp: Path, pg_url: str
         assert kinds == expected
         assert _agent_side(replay) == _agent_side(seen_on_b)
         rejected = [e for e in a.logs() if e["event"] == "store.commit_failed"]
-        assert all("stale" in e.get("error", "") or "lease" in e.get("error", "") for e in rejected)
+        assert all(
+            "stale" in e.get("error", "") or "lease" in e.get("error", "") for e in rejected
+        ), rejected
 
 
 async def test_a_session_whose_agent_died_is_released_to_other_replicas(
