@@ -145,6 +145,7 @@ async def _serve(
         tg.start_soon(listener.serve, handle, tg)
         proxy.hub.pool.start_spares()
         tg.start_soon(proxy.hub.run_reaper)
+        tg.start_soon(proxy.hub.pool.watch_memory)
         log.info(
             "ready",
             socket=config.socket,

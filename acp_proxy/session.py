@@ -124,6 +124,8 @@ class Session:
     on_idle: Callable[[], None] = lambda: None
     #: called with each turn's outcome and timings (the metrics)
     observe_turn: Callable[[str, dict[str, Any]], None] = lambda outcome, timings: None
+    #: the session leaves its agent process; True if it stopped (the pool's ``leave``)
+    release_agent: Callable[[Session, AgentProcess], bool] = lambda session, agent: _stop(agent)
     turns_completed: int = 0
     updates_recorded: int = 0
     created_mono: float = field(default_factory=time.monotonic)
@@ -180,13 +182,16 @@ class Session:
         if agent is None or not self.lifecycle.allows(Event.RETIRE):
             return None
         self.lifecycle.handle(Event.RETIRE)
-        agent.stop()
+        stopped = self.release_agent(self, agent)
         self.log.info(
-            "session.evicted" if reason in ("idle", "max_live_agents") else "session.retired",
+            "session.retired" if reason in ("closed", "env_changed") else "session.evicted",
             reason=reason,
             idle_s=round(time.monotonic() - self.last_active, 3),
             agent_pid=agent.pid,
+            agent_stopped=stopped,
         )
+        if not stopped:  # the process stays for the conversations it shares: this one left
+            self.on_agent_exit(agent, Batch())
         return agent
 
     def require_not_deleted(self) -> None:
@@ -487,3 +492,8 @@ class Session:
         batch.ops.append(finish)
         batch.deliveries.append(self._turn_over)
         batch.deliveries.append(answer_prompt(self.id, turn, reply, read, timings))
+
+
+def _stop(agent: AgentProcess) -> bool:
+    agent.stop()
+    return True
