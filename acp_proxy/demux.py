@@ -144,8 +144,8 @@ class AgentSessions:
         return None
 
     def on_session_update(self, agent: AgentProcess, params: SessionUpdate, batch: Batch) -> None:
-        """Route one ``session/update`` by its ``sessionId``."""
-        tenant = self._tenant_for(params.sessionId)
+        """Route one ``session/update`` by its ``sessionId`` (the hot path: one lookup)."""
+        tenant = self._by_upstream.get(params.sessionId) or self._tenant_for(None)
         if tenant is None:
             self.log.debug("agent.update_unrouted", upstream_session_id=params.sessionId)
             return

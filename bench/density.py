@@ -210,30 +210,41 @@ def render(agent: str, results: list[Figures], notes: dict[str, Any]) -> tuple[s
             )
         )
     goals = []
-    top = max(results, key=lambda f: f.per_agent)
-    if top.per_agent > 1:
-        shared_ratio = statistics.median(top.continued) / base
-        new_ratio = statistics.median(top.new) / statistics.median(top.continued)
+    by_k = {f.per_agent: f for f in results}
+    # The goals are stated at 16 per process; the largest k is shown beside them.
+    shared = [by_k[k] for k in sorted({16, max(by_k)}) if k in by_k and k > 1]
+    if agent != "opencode":  # the goals are opencode's; here the figures only
+        shared = []
+        goals.append(
+            "No goal: the fake agent costs nothing, so these figures are the proxy's own work "
+            "(a session/new also writes the session's row before its prompt). The goals are "
+            "measured with the real opencode (section 14)."
+        )
+    for f in shared:
+        shared_ratio = statistics.median(f.continued) / base
+        new_ratio = statistics.median(f.new) / statistics.median(f.continued)
         ok_ttft, ok_new = shared_ratio <= SHARED_TTFT_GOAL, new_ratio <= NEW_GOAL_RATIO
         goals.append(
-            f"continued-turn TTFT at {top.per_agent} per process vs 1: {shared_ratio:.2f}x "
-            f"(goal ≤ {SHARED_TTFT_GOAL}x) {'PASS' if ok_ttft else 'FAIL'}"
+            f"continued-turn TTFT at {f.per_agent} per process vs 1: {shared_ratio:.2f}x "
+            f"(goal <= {SHARED_TTFT_GOAL}x) {'PASS' if ok_ttft else 'FAIL'}"
         )
         goals.append(
-            f"new conversation in a served workspace vs continued turn at {top.per_agent} per "
-            f"process: {new_ratio:.2f}x (goal ≤ {NEW_GOAL_RATIO}x) {'PASS' if ok_new else 'FAIL'}"
+            f"new conversation in a served workspace vs continued turn at {f.per_agent} per "
+            f"process: {new_ratio:.2f}x (goal <= {NEW_GOAL_RATIO}x) "
+            f"{'PASS' if ok_new else 'FAIL'}"
         )
-        passed = ok_ttft and ok_new
-        twenty = [f for f in results if f.conversations >= 20]
-        if agent == "opencode" and twenty:
-            best = min(twenty, key=lambda f: f.per_conversation_mb)
-            ok_mem = best.per_conversation_mb <= MEMORY_GOAL_MB
+        passed = passed and ok_ttft and ok_new
+    if agent == "opencode":
+        for f in results:
+            if f.conversations < 20:
+                continue
+            ok_mem = f.per_conversation_mb <= MEMORY_GOAL_MB
             goals.append(
-                f"memory per live conversation, {best.conversations} live at {best.per_agent} "
-                f"per process: {best.per_conversation_mb:.1f} MB (goal ≤ {MEMORY_GOAL_MB:.0f} "
-                f"MB) {'PASS' if ok_mem else 'FAIL'}"
+                f"memory per live conversation, {f.conversations} live at {f.per_agent} per "
+                f"process ({f.processes} processes, the spare included): "
+                f"{f.per_conversation_mb:.1f} MB (goal <= {MEMORY_GOAL_MB:.0f} MB) "
+                f"{'PASS' if ok_mem else 'FAIL'}"
             )
-            passed = passed and ok_mem
     lines += ["", *[f"- {g}" for g in goals]]
     lines += [
         "",
