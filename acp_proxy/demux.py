@@ -9,7 +9,8 @@ tenant it names. Answers to the proxy's requests are routed by request id alread
 
 A message whose session id is not (yet) known goes to the tenant being bound (the agent may
 speak before it has answered ``session/new`` with its id; binds on one process are serialised
-by :attr:`AgentSessions.bind_lock`), else to the only tenant, else it is dropped (logged). An
+by :attr:`AgentSessions.bind_lock`), else to the only tenant, else it is dropped (logged); one
+naming a session that left this process is dropped (its late output belongs to nobody). An
 agent's ``$/cancel_request`` names a request, not a session: every tenant looks whether the
 request is one of its own. When the process ends, every tenant hears it.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Final, Protocol
 
 import anyio
 from msgspec import Raw
@@ -38,6 +39,9 @@ from .protocol import (
 )
 
 __all__ = ["AgentSessions", "Tenant"]
+
+#: Agent session ids of departed tenants remembered per process.
+_DEPARTED_KEPT: Final = 1024
 
 
 class Tenant(AgentHandler, Protocol):
@@ -68,6 +72,9 @@ class AgentSessions:
         #: every session that holds (or is being bound to) a place on this process
         self.tenants: list[Tenant] = []
         self._by_upstream: dict[str, Tenant] = {}
+        #: agent session ids of tenants that left: what the agent still says for them is
+        #: dropped, never given to a binder (bounded: the oldest are forgotten)
+        self._departed: dict[str, None] = {}
         #: the tenant whose session/new, load or resume is in flight (at most one)
         self.binding: Tenant | None = None
         #: held around a bind: messages with an unknown session id belong to the binder
@@ -92,6 +99,7 @@ class AgentSessions:
     def route(self, upstream_id: str, tenant: Tenant, cwd: str | None = None) -> None:
         """Messages naming ``upstream_id`` go to ``tenant`` from now on."""
         self._by_upstream[upstream_id] = tenant
+        self._departed.pop(upstream_id, None)  # restored onto this process again
         if cwd is not None:
             self.cwds.add(cwd)
 
@@ -104,6 +112,9 @@ class AgentSessions:
         gone = [sid for sid, t in self._by_upstream.items() if t is tenant]
         for sid in gone:
             del self._by_upstream[sid]
+            self._departed[sid] = None
+        while len(self._departed) > _DEPARTED_KEPT:
+            del self._departed[next(iter(self._departed))]
         if not self.tenants:
             self.idle_since = time.monotonic()
         return gone
@@ -137,6 +148,8 @@ class AgentSessions:
             tenant = self._by_upstream.get(upstream_id)
             if tenant is not None:
                 return tenant
+            if upstream_id in self._departed:
+                return None
         if self.binding is not None:
             return self.binding
         if len(self.tenants) == 1:
@@ -145,7 +158,7 @@ class AgentSessions:
 
     def on_session_update(self, agent: AgentProcess, params: SessionUpdate, batch: Batch) -> None:
         """Route one ``session/update`` by its ``sessionId`` (the hot path: one lookup)."""
-        tenant = self._by_upstream.get(params.sessionId) or self._tenant_for(None)
+        tenant = self._by_upstream.get(params.sessionId) or self._tenant_for(params.sessionId)
         if tenant is None:
             self.log.debug("agent.update_unrouted", upstream_session_id=params.sessionId)
             return
