@@ -83,6 +83,8 @@ class AgentSessions:
         self.cwds: set[str] = set()
         #: every tenant is leaving at once (the agent is being evicted): no session/close
         self.evicting = False
+        #: tenants of an evicted process that have left (the process stops when all have)
+        self.leaving: set[Tenant] = set()
         self.idle_since = time.monotonic()
         self.log = agent.log.bind(component="demux")
 

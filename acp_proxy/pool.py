@@ -261,9 +261,17 @@ class AgentPool:
         environment and a spare is missing, becomes a spare again (its slot is free at once;
         a stopped one's once it has exited)."""
         host = self.hosts.get(agent)
+        if host is not None and host.evicting:
+            # Every tenant leaves and the process goes: each stays its tenant until the exit
+            # (RETIRING → UNBOUND then), so none is restored elsewhere while it still runs.
+            host.leaving.add(tenant)
+            if all(t in host.leaving for t in host.tenants):
+                self.hosts.pop(agent, None)
+                agent.stop()  # its slot frees once it has exited (_on_bound_exit)
+            return True
         if host is not None and any(t is not tenant for t in host.tenants):
             upstream_ids = host.remove(tenant)
-            if agent.alive and not host.evicting and agent.supports("close"):
+            if agent.alive and agent.supports("close"):
                 for upstream_id in upstream_ids:
                     agent.send_request(
                         "session/close", msgspec.json.encode({"sessionId": upstream_id}), _ignore
