@@ -77,6 +77,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
     )
+    serve.add_argument(
+        "--max-sessions-per-agent",
+        type=int,
+        metavar="N",
+        help="conversations one agent process may carry (default 1: one process each)",
+    )
+    serve.add_argument(
+        "--max-agents-memory-mb",
+        type=int,
+        metavar="MB",
+        help="memory budget of all agent process trees, spares included (default 0: none)",
+    )
     serve.add_argument("agent", nargs=argparse.REMAINDER, help="-- AGENT_COMMAND [ARGS...]")
     sessions_cli.add_parser(sub, os.environ.get("ACP_PROXY_DB"))
     ops_cli.add_parsers(sub, os.environ.get("ACP_PROXY_SOCKET"))
@@ -154,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             drain_timeout_s=args.drain_timeout,
             metrics_address=args.metrics,
             allowed_uids=args.allow_uid,
+            max_sessions_per_agent=args.max_sessions_per_agent,
+            max_agents_memory_mb=args.max_agents_memory_mb,
             per_process_env=[n.strip() for n in args.per_process_env.split(",") if n.strip()]
             if args.per_process_env
             else None,

@@ -88,6 +88,22 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: stopped to make room, and a request waits for a slot up to ``agent_start_timeout_s``.
     #: Each agent costs 100-600 MB (opencode 320-620 MB).
     max_live_agents: int = 32
+    #: Conversations one agent process carries at most. A new conversation takes a place on a
+    #: live agent with the same per-process environment before a spare or a spawn. 1 keeps
+    #: one process per conversation (isolation: a crash, a leak or a stuck tool touches one
+    #: conversation); more trades that for memory (opencode: ~400 MB per process, a few MB
+    #: per extra session). See README "Density".
+    max_sessions_per_agent: int = 1
+    #: Budget for the resident memory (PSS where readable) of every agent's process tree,
+    #: spares included, in MiB; 0: none. Over it, spares and then the least recently used
+    #: idle agents are stopped (never one in a turn); a new agent that would not fit waits
+    #: up to ``agent_start_timeout_s`` for one to become idle, then fails (``memory_budget``).
+    max_agents_memory_mb: int = 0
+    #: The idle limit of a conversation created here whose client never came back after its
+    #: first turn (acpx ``exec``: session/new, one prompt, gone, no session/close), while no
+    #: client is attached. 5 min outlasts a human's usual pause before a follow-up (15-120 s)
+    #: and frees a 300-600 MB agent six times sooner than ``idle_timeout_s``. 0: off.
+    unreturned_idle_timeout_s: float = 300.0
     #: Prompts that wait behind a session's running turn (FIFO); one more is refused with
     #: -32010 ``turn_in_progress``. A client that sends its next message early is served in
     #: order; a runaway one is told.
@@ -167,6 +183,15 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config
     if config.idle_timeout_s < 0 or config.max_live_agents < 1 or config.max_queued_prompts < 0:
         raise ConfigError(
             "idle_timeout_s must be >= 0, max_live_agents >= 1 and max_queued_prompts >= 0"
+        )
+    if (
+        config.max_sessions_per_agent < 1
+        or config.max_agents_memory_mb < 0
+        or config.unreturned_idle_timeout_s < 0
+    ):
+        raise ConfigError(
+            "max_sessions_per_agent must be >= 1, max_agents_memory_mb and "
+            "unreturned_idle_timeout_s >= 0"
         )
     if config.drain_timeout_s < 0:
         raise ConfigError("drain_timeout_s must be >= 0")

@@ -2,8 +2,14 @@
 
 Sessions come back on first use (a restart restores nothing eagerly): :meth:`Hub.session`
 loads one from the store and starts its owner. Idle eviction and making room under
-``max_live_agents`` are single synchronous steps on sessions that are LIVE and idle
-(:meth:`Session.retire`); everything that awaits goes through the session's owner.
+``max_live_agents`` or the memory budget are single synchronous steps on sessions that are
+LIVE and idle (:meth:`Session.retire`); everything that awaits goes through the session's owner.
+
+Idle eviction is per conversation (one that leaves a shared process frees its place); making
+room picks agent *processes*: the least recently used one whose every conversation is idle.
+A conversation created here whose client never came back after its first turn (acpx ``exec``
+sends ``session/new`` and one prompt, then leaves without ``session/close``) has the shorter
+``unreturned_idle_timeout_s``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from msgspec import Raw
 from store import SessionRecord, SessionStore
 
 from .access import check_session_access
+from .agent import AgentProcess
 from .config import Config
 from .lifecycle import State
 from .logs import get_logger
@@ -53,6 +60,8 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.owners: dict[str, SessionOwner] = {}
         self.deleted: dict[str, None] = {}
+        #: created here and nobody came back for them yet (``session/load``/``resume``)
+        self.unreturned: set[str] = set()
         self.pool = AgentPool(config, tg, store, make_room=self._make_room)
         #: leases across replicas (PostgreSQL); off for one proxy on SQLite
         self.ownership = Ownership(store, tg, busy=self._busy, on_lost=self._on_lease_lost)
@@ -72,6 +81,7 @@ class Hub:
             on_restored=lambda rung: self.on_restored(rung),
         )
         session.on_idle = self.pool.room_changed
+        session.release_agent = lambda s, agent: self.pool.leave(agent, s)
         session.observe_turn = lambda outcome, timings: self.on_turn(outcome, timings)
         self.owners[session.id] = owner
         self.tg.start_soon(owner.run, name=f"owner {session.id}")
@@ -79,10 +89,12 @@ class Hub:
 
     def _on_created(self, session: Session) -> None:
         self.sessions[session.id] = session
+        self.unreturned.add(session.id)
 
     def _on_deleted(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
         self.owners.pop(session.id, None)
+        self.unreturned.discard(session.id)
         self.deleted[session.id] = None
         while len(self.deleted) > _TOMBSTONES:
             del self.deleted[next(iter(self.deleted))]
@@ -180,6 +192,8 @@ class Hub:
                 {"sessionId": sid, "cwd": session.record.cwd},
             )
         session.touch()
+        if check_cwd:  # session/load or session/resume: a client came back for it
+            self.unreturned.discard(sid)
         if not session.live or (env and env != session.env and session.turn is None):
             await owner.ensure_live(
                 env,
@@ -221,29 +235,48 @@ class Hub:
     # -- agents ------------------------------------------------------------------------------
 
     async def run_reaper(self) -> None:
-        """Stop agents idle for longer than ``idle_timeout_s`` (bounded loop: runs until the
-        proxy's task group is cancelled)."""
-        ttl = self.config.idle_timeout_s
-        if ttl <= 0:
+        """Stop agents idle for longer than ``idle_timeout_s`` (``unreturned_idle_timeout_s``
+        for a conversation nobody came back for; bounded loop: runs until the proxy's task
+        group is cancelled)."""
+        ttls = [t for t in (self.config.idle_timeout_s, self.config.unreturned_idle_timeout_s) if t]
+        if not ttls:
             return
         while True:
-            await anyio.sleep(min(max(ttl / 4, 0.05), 30.0))
+            await anyio.sleep(min(max(min(ttls) / 4, 0.05), 30.0))
             now = time.monotonic()
             for session in list(self.sessions.values()):
-                if session.evictable and now - session.last_active >= ttl:
-                    session.retire("idle")
+                if not session.evictable:
+                    continue
+                ttl, reason = self._idle_limit(session)
+                if ttl and now - session.last_active >= ttl:
+                    session.retire(reason)
                     self.ownership.release(session.id)
 
-    def _make_room(self) -> bool:
-        """Stop the least recently used idle agent (an agent slot frees once it has exited);
-        False when every live conversation is busy."""
-        idle = [s for s in self.sessions.values() if s.evictable]
+    def _idle_limit(self, session: Session) -> tuple[float, str]:
+        """The idle limit that applies to ``session`` (0: none) and its eviction reason."""
+        short = self.config.unreturned_idle_timeout_s
+        if (
+            short
+            and session.id in self.unreturned
+            and session.turns_completed <= 1
+            and session.audience.last_open() is None
+        ):
+            long = self.config.idle_timeout_s
+            return (min(short, long) if long else short), "idle_unreturned"
+        return self.config.idle_timeout_s, "idle"
+
+    def _make_room(self, reason: str) -> AgentProcess | None:
+        """Stop the least recently used agent process whose conversations are all idle (a
+        slot frees once it has exited); returns it, None when every agent is busy."""
+        idle = [host for host in self.pool.hosts.values() if host.evictable]
         if not idle:
-            return False
-        session = min(idle, key=lambda s: s.last_active)
-        session.retire("max_live_agents")
-        self.ownership.release(session.id)
-        return True
+            return None
+        host = min(idle, key=lambda h: h.last_active)
+        host.evicting = True  # its conversations all leave: no session/close for each
+        for tenant in list(host.tenants):
+            tenant.retire(reason)
+            self.ownership.release(tenant.id)
+        return host.agent
 
     # -- lifecycle ---------------------------------------------------------------------------
 

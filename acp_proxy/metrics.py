@@ -56,7 +56,7 @@ _KIND_BY_CODE: Final = {
     AGENT_EXITED: "agent_exited",
     PROXY_STOPPING: "proxy_stopping",
 }
-_AGENT_KINDS: Final = frozenset({"warm", "spare", "cold"})
+_AGENT_KINDS: Final = frozenset({"warm", "spare", "cold", "shared"})
 #: Longest HTTP request head accepted from a scraper.
 _MAX_REQUEST_BYTES: Final = 8192
 #: A scraper that has not sent its request line by then is dropped.
@@ -64,7 +64,8 @@ _REQUEST_TIMEOUT_S: Final = 5.0
 
 
 def agent_label(agent: str) -> str:
-    """``warm`` | ``spare`` | ``cold`` | ``restored`` (every ``restored:<rung>``)."""
+    """``warm`` | ``spare`` | ``cold`` | ``shared`` | ``restored`` (every
+    ``restored:<rung>``)."""
     if agent in _AGENT_KINDS:
         return agent
     return "restored" if agent.startswith("restored") else "other"
@@ -121,8 +122,21 @@ class Metrics:
             "Resident memory (RSS) of all agent process trees.",
             registry=reg,
         )
+        self.agent_memory_limit = Gauge(
+            "acp_proxy_agent_memory_limit_bytes",
+            "The agents' memory budget (max_agents_memory_mb); 0: none.",
+            registry=reg,
+        )
+        self.memory_stops = Counter(
+            "acp_proxy_agents_stopped_for_memory",
+            "Agents stopped to keep within the memory budget, by role.",
+            ["role"],
+            registry=reg,
+        )
+        self._memory_stops_seen: dict[str, int] = {}
         for role in ("session", "spare"):
             self.live_agents.labels(role)
+            self.memory_stops.labels(role)
 
     def observe_turn(self, outcome: str, timings: Mapping[str, Any]) -> None:
         """A turn ended; ``timings`` is its canonical line (``session._timings``)."""
@@ -165,6 +179,12 @@ class Metrics:
         self.live_sessions.set(status["sessions"]["live"])
         self.client_connections.set(status["clients"])
         self.agent_memory.set(status["agent_memory_bytes"])
+        self.agent_memory_limit.set(status.get("agent_memory_limit_bytes", 0))
+        for role, count in status.get("agents_stopped_for_memory", {}).items():
+            seen = self._memory_stops_seen.get(role, 0)
+            if count > seen:  # the pool counts; the counter follows it
+                self.memory_stops.labels(role).inc(count - seen)
+                self._memory_stops_seen[role] = count
         return generate_latest(self.registry)
 
 

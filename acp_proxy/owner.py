@@ -27,7 +27,7 @@ from msgspec import Raw
 
 from store import DeleteSession, PutSession, StoreError, UpdateSession
 
-from .agent import UNBOUND, AgentError, AgentExited, AgentProcess
+from .agent import AgentError, AgentExited, AgentProcess
 from .lifecycle import Event, State
 from .peer import Peer
 from .pool import AgentPool
@@ -231,27 +231,29 @@ class SessionOwner:
         agent: AgentProcess | None = None
         stored = False
         try:
-            agent, setup = await self.pool.acquire(
-                session.record.cwd, session.env or None, auth, client.number
+            host, setup = await self.pool.acquire(
+                session.record.cwd, session.env or None, session, auth, client.number
             )
+            agent = host.agent
             await store.commit([PutSession(session.record)])
             stored = True
-            agent.handler = session
             session.agent = agent
             started = time.monotonic()
-            try:
-                result = await agent.call("session/new", params)
-            except AgentError as exc:
-                raise AgentRefused(exc.reply.code, exc.reply.message, exc.reply.error) from None
-            except AgentExited as exc:
-                raise LocalProtocolError(
-                    f"session/new failed: {exc}", INTERNAL_ERROR, exc.info.as_data()
-                ) from None
-            upstream = result.get("sessionId")
-            if not isinstance(upstream, str):
-                raise LocalProtocolError(
-                    "the agent answered session/new without a sessionId", INTERNAL_ERROR
-                )
+            async with host.binding_of(session):  # one bind at a time on a shared process
+                try:
+                    result = await agent.call("session/new", params)
+                except AgentError as exc:
+                    raise AgentRefused(exc.reply.code, exc.reply.message, exc.reply.error) from None
+                except AgentExited as exc:
+                    raise LocalProtocolError(
+                        f"session/new failed: {exc}", INTERNAL_ERROR, exc.info.as_data()
+                    ) from None
+                upstream = result.get("sessionId")
+                if not isinstance(upstream, str):
+                    raise LocalProtocolError(
+                        "the agent answered session/new without a sessionId", INTERNAL_ERROR
+                    )
+                host.route(upstream, session, session.record.cwd)
             setup.session_init_ms = (time.monotonic() - started) * 1000
             session.upstream_id = upstream
             session.record = msgspec.structs.replace(session.record, upstream_session_id=upstream)
@@ -270,11 +272,12 @@ class SessionOwner:
             session.agent = None
             session.detach(client)
             if agent is not None:
-                agent.handler = UNBOUND
-                if isinstance(exc, AgentRefused) or (isinstance(exc, StoreError) and not stored):
-                    self.pool.give_back(agent)  # unbound and healthy: a spare again if it fits
-                else:
-                    agent.stop()
+                # Unbound and healthy (refused, or its record could not be stored): a spare
+                # again if it fits (unless others share it).
+                reusable = isinstance(exc, AgentRefused) or (
+                    isinstance(exc, StoreError) and not stored
+                )
+                self.pool.leave(agent, session, reusable=reusable)
             session.lifecycle.handle(Event.BIND_FAILED)
             session.lifecycle.handle(Event.DELETE)
             if stored:
@@ -283,7 +286,7 @@ class SessionOwner:
             self._on_deleted(session)
             raise
         session.lifecycle.handle(Event.BOUND)
-        self._on_created(session)
+        self._on_created(session)  # (the hub marks it as created here: the short idle limit)
         session.on_idle()  # live and idle: one waiting for an agent slot may evict it
         session.log.info(
             "session.created",
@@ -312,7 +315,7 @@ class SessionOwner:
         agent = session.agent
         session.lifecycle.handle(Event.DELETE)
         if agent is not None:
-            agent.stop()
+            self.pool.leave(agent, session)  # a process other conversations share stays
         session.log.info("session.deleted", reason=reason, agent_pid=agent.pid if agent else None)
         self._on_deleted(session)
         with anyio.CancelScope(shield=True):

@@ -11,44 +11,63 @@ counts. When every slot is taken, the least recently used idle conversation is a
 its agent up (``make_room``, supplied by the layer above) and the request waits for a slot, up
 to ``agent_start_timeout_s``, then fails with ``kind: "at_capacity"``. Spares are counted
 apart (``warm_spares``).
+
+With ``max_sessions_per_agent`` above 1, a conversation first takes a place on an agent
+process that already serves others with the same per-process environment and has room (one
+that bootstrapped the same directory first): no slot, no spawn. Every agent serving
+conversations has an :class:`~acp_proxy.demux.AgentSessions` as its handler; a conversation
+that leaves a process others still use gets ``session/close`` sent (when the agent advertises
+it) and the process stays; the last one to leave stops it.
+
+With ``max_agents_memory_mb``, a new agent process also has to fit in the memory budget
+(``budget.py``): idle agents are asked to make room as for the slots, and the request fails
+with ``kind: "memory_budget"`` when none became free in time. :meth:`AgentPool.watch_memory`
+stops spares, then the least recently used idle agents, while the fleet is over budget.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup
 from msgspec import Raw
 
 from store import SessionStore
 
-from .agent import AgentError, AgentExited, AgentProcess
+from .agent import UNBOUND, AgentError, AgentExited, AgentProcess, Batch
 from .agent_env import agent_environment
+from .client_auth import AgentStartError, ClientAuth
 from .config import Config
+from .demux import AgentSessions, Tenant
+from .fleet_memory import AgentMemoryBudget
 from .logs import get_logger
-from .protocol import INTERNAL_ERROR, LocalProtocolError
+from .protocol import INTERNAL_ERROR, ErrorResponse, Response
 
 __all__ = ["AgentPool", "AgentStartError", "SetupTimings"]
 
-
-class AgentStartError(LocalProtocolError):
-    """The agent could not be started or did not complete ``initialize``."""
+#: How often the fleet's memory is measured against ``max_agents_memory_mb``.
+MEMORY_CHECK_S: Final = 2.0
+#: How often a request waiting for memory looks again (spares stopping free no slot).
+_MEMORY_WAIT_POLL_S: Final = 0.25
 
 
 @dataclass
 class SetupTimings:
     """How the agent behind a session was obtained, reported on the next turn."""
 
-    agent: str = "warm"  #: ``warm`` | ``spare`` | ``cold`` | ``restored:<rung>``
+    #: ``warm`` | ``spare`` | ``cold`` | ``shared`` | ``restored:<rung>``
+    agent: str = "warm"
     cli_ready_ms: float = 0.0
     session_init_ms: float = 0.0
 
 
-class AgentPool:
+class AgentPool(ClientAuth):
     """Spawns agents and keeps ``warm_spares`` of them ready."""
 
     def __init__(
@@ -56,14 +75,19 @@ class AgentPool:
         config: Config,
         tg: TaskGroup,
         store: SessionStore,
-        make_room: Callable[[], bool] = lambda: False,
+        make_room: Callable[[str], AgentProcess | None] = lambda reason: None,
     ) -> None:
         self.config = config
         self.tg = tg
         self._store = store
-        #: asks the least recently used idle conversation to stop its agent; False: none is
+        #: asks the least recently used idle agent to stop; returns it (None: none is idle)
         self._make_room = make_room
         self.spares: list[AgentProcess] = []
+        #: every agent process serving conversations, with its tenants
+        self.hosts: dict[AgentProcess, AgentSessions] = {}
+        self.budget = AgentMemoryBudget.from_mb(config.max_agents_memory_mb)
+        #: agents stopped to keep within the memory budget, by role (for the metrics)
+        self.memory_stops: dict[str, int] = {"spare": 0, "session": 0}
         #: agents handed out for conversations and not exited yet, plus reservations
         self.bound = 0
         self._waiting = 0
@@ -85,6 +109,13 @@ class AgentPool:
             self.tg.start_soon(self._add_spare)
 
     async def _add_spare(self) -> None:
+        if not self._memory_fits(measure=True):
+            self.log.warning(
+                "agent.spare_skipped",
+                reason="max_agents_memory_mb",
+                memory=self.budget.describe() if self.budget else None,
+            )
+            return
         self._spares_starting += 1
         try:
             agent = await self.spawn(None)
@@ -169,29 +200,59 @@ class AgentPool:
     async def acquire(
         self,
         cwd: str,
-        env: dict[str, str] | None = None,
+        env: dict[str, str] | None,
+        tenant: Tenant,
         auth: Raw | None = None,
         owner: int | None = None,
-    ) -> tuple[AgentProcess, SetupTimings]:
-        """The agent ``owner`` (a client) authenticated, else a warm spare if one is ready
-        (then a replacement is started), else a fresh agent; within ``max_live_agents`` (see
-        the module docstring).
+    ) -> tuple[AgentSessions, SetupTimings]:
+        """An agent process (with its tenants) for ``tenant``: a place on a live one with room
+        (see the module docstring), else the agent ``owner`` (a client) authenticated, else a
+        warm spare if one is ready (then a replacement is started), else a fresh agent; within
+        ``max_live_agents`` and the memory budget.
 
         Spares run with the proxy's own environment: a session that needs per-process values
-        (``env``) gets a fresh agent. A spare taken for a client that authenticated
-        (``auth``) is authenticated with that client's params; it is never a spare again.
+        (``env``) gets a fresh agent (or shares one started with the same values). A spare
+        taken for a client that authenticated (``auth``) is authenticated with that client's
+        params; it is never a spare again.
 
         Raises:
-            AgentStartError: no slot freed in time, or the agent could not be started.
+            AgentStartError: no slot or memory freed in time, or the agent could not start.
         """
-        await self._reserve_slot()
+        key = _env_key(env)
+        host = self._host_with_room(cwd, key) if auth is None else None
+        if host is not None:
+            host.add(tenant)
+            return host, SetupTimings("shared")
+        await self._reserve_slot(needs_memory=not (self._spare_ready() and not env))
         try:
             agent, setup = await self._take_or_spawn(cwd, env, auth, owner)
         except BaseException:
             self._release_slot()
             raise
+        host = AgentSessions(agent, key)
+        host.add(tenant)
+        agent.handler = host
+        self.hosts[agent] = host
         agent.exit_callbacks.append(self._on_bound_exit)
-        return agent, setup
+        return host, setup
+
+    def _host_with_room(self, cwd: str, key: tuple[tuple[str, str], ...]) -> AgentSessions | None:
+        """A live agent with the same environment and a free place: one that bootstrapped
+        ``cwd`` first, then the fullest (conversations packed, fewer processes)."""
+        room = self.config.max_sessions_per_agent
+        if room <= 1:
+            return None
+        fits = [
+            h
+            for h in self.hosts.values()
+            if h.agent.alive and not h.evicting and h.env_key == key and 0 < len(h) < room
+        ]
+        if not fits:
+            return None
+        return max(fits, key=lambda h: (cwd in h.cwds, len(h)))
+
+    def _spare_ready(self) -> bool:
+        return any(agent.alive for agent in self.spares)
 
     async def _take_or_spawn(
         self, cwd: str, env: dict[str, str] | None, auth: Raw | None, owner: int | None
@@ -212,95 +273,179 @@ class AgentPool:
         agent = await self.spawn(cwd, env, auth)
         return agent, SetupTimings("cold", cli_ready_ms=agent.cli_ready_ms)
 
-    async def _authenticate(self, agent: AgentProcess, auth: Raw) -> None:
-        agent.scoped = True
-        try:
-            with anyio.fail_after(self.config.agent_start_timeout_s):
-                await agent.call("authenticate", auth)
-        except (AgentError, AgentExited, TimeoutError) as exc:
-            agent.stop()
-            raise AgentStartError(
-                f"the agent refused this client's authenticate params: {exc}",
-                INTERNAL_ERROR,
-                {"kind": "agent_start_failed"},
-            ) from None
+    def leave(self, agent: AgentProcess, tenant: Tenant, *, reusable: bool = False) -> bool:
+        """``tenant`` no longer uses ``agent``. Returns True when the process goes (it was
+        the last tenant), False when it stays for the others.
 
-    async def authenticate_for(self, owner: int, auth: Raw) -> dict[str, Any]:
-        """Run a client's ``authenticate`` on an agent kept for that client alone.
-
-        Raises:
-            AgentError: the agent refused the params (the agent is stopped).
-        """
-        agent = self._held.pop(owner, None)
-        if agent is None or not agent.alive:
-            agent = await self._take_spare() or await self.spawn(None)
-        agent.scoped = True
-        try:
-            result = await agent.call("authenticate", auth)
-        except BaseException:
-            agent.stop()
-            raise
-        self._held[owner] = agent
-        return result
-
-    async def _take_spare(self) -> AgentProcess | None:
-        while self.spares:
-            agent = self.spares.pop(0)
-            if agent.alive:
-                if len(self.spares) < self.config.warm_spares:
-                    self.tg.start_soon(self._add_spare)
-                return agent
-        return None
-
-    def release_owner(self, owner: int) -> None:
-        """A client left: stop the agent it authenticated and did not use."""
-        agent = self._held.pop(owner, None)
-        if agent is not None:
-            agent.stop()
-
-    def give_back(self, agent: AgentProcess) -> None:
-        """An agent handed out by :meth:`acquire` that holds no conversation (its session
-        could not be created): a spare again if it runs with the proxy's own environment and
-        no client's credentials and a spare is missing, else stopped. Its slot is free
-        either way."""
-        if self._on_bound_exit in agent.exit_callbacks:
-            agent.exit_callbacks.remove(self._on_bound_exit)
-            self._release_slot()
-        fits = len(self.spares) < self.config.warm_spares
-        if agent.alive and not agent.scoped and fits:
+        A process others still use gets ``session/close`` for the tenant's agent session
+        (when advertised: the agent frees it). The last tenant's process is stopped, or, if
+        ``reusable`` (healthy, it just refused a session) and it runs with the proxy's own
+        environment and a spare is missing, becomes a spare again (its slot is free at once;
+        a stopped one's once it has exited)."""
+        host = self.hosts.get(agent)
+        if host is not None and host.evicting:
+            # Every tenant leaves and the process goes: each stays its tenant until the exit
+            # (RETIRING → UNBOUND then), so none is restored elsewhere while it still runs.
+            host.leaving.add(tenant)
+            if all(t in host.leaving for t in host.tenants):
+                self.hosts.pop(agent, None)
+                agent.stop()  # its slot frees once it has exited (_on_bound_exit)
+            return True
+        if host is not None and any(t is not tenant for t in host.tenants):
+            upstream_ids = host.remove(tenant)
+            if agent.alive and agent.supports("close"):
+                for upstream_id in upstream_ids:
+                    agent.send_request(
+                        "session/close", msgspec.json.encode({"sessionId": upstream_id}), _ignore
+                    )
+            return False
+        # The last tenant stays the process's tenant: it hears the exit (RETIRING → UNBOUND).
+        self.hosts.pop(agent, None)
+        if (
+            reusable
+            and agent.alive
+            and not agent.scoped  # no client's per-process values or credentials
+            and len(self.spares) < self.config.warm_spares
+        ):
+            if self._on_bound_exit in agent.exit_callbacks:
+                agent.exit_callbacks.remove(self._on_bound_exit)
+                self._release_slot()
+            agent.handler = UNBOUND
             self.spares.append(agent)
         else:
-            agent.stop()
+            agent.stop()  # its slot frees once it has exited (_on_bound_exit)
+        return True
 
-    async def _reserve_slot(self) -> None:
+    async def _reserve_slot(self, *, needs_memory: bool) -> None:
         cap = self.config.max_live_agents
-        if self.bound < cap:
+        if self.bound < cap and (not needs_memory or self._memory_fits(measure=True)):
             self.bound += 1
             return
         self._waiting += 1
+        short_of = "slots"
         try:
             with anyio.fail_after(self.config.agent_start_timeout_s):
-                while self.bound >= cap:
-                    if self._room_coming < self._waiting and self._make_room():
+                while True:  # bounded by the deadline above
+                    if self.bound >= cap:
+                        short_of = "slots"
+                    elif needs_memory and not self._memory_fits(measure=True):
+                        short_of = "memory"
+                    else:
+                        break
+                    if short_of == "memory" and self.spares:
+                        self._stop_spare_for_memory()  # a conversation before a spare
+                    elif (
+                        self._room_coming < self._waiting
+                        and self._make_room(short_of if short_of == "memory" else "max_live_agents")
+                        is not None
+                    ):
                         self._room_coming += 1
                     freed = self._slot_freed
-                    await freed.wait()
+                    with anyio.move_on_after(
+                        _MEMORY_WAIT_POLL_S if short_of == "memory" else math.inf
+                    ):
+                        await freed.wait()
         except TimeoutError:
-            self.log.warning(
-                "agents.at_capacity",
-                bound=self.bound,
-                cap=cap,
-                hint="every agent is busy: raise max_live_agents or add memory",
-            )
-            raise AgentStartError(
-                f"all {cap} agent slots (max_live_agents) stayed busy for "
-                f"{self.config.agent_start_timeout_s} s; try again later",
-                INTERNAL_ERROR,
-                {"kind": "at_capacity", "maxLiveAgents": cap},
-            ) from None
+            raise self._no_room(short_of) from None
         finally:
             self._waiting -= 1
         self.bound += 1
+
+    def _no_room(self, short_of: str) -> AgentStartError:
+        cap, wait = self.config.max_live_agents, self.config.agent_start_timeout_s
+        if short_of == "memory" and self.budget is not None:
+            self.log.warning(
+                "agents.over_memory_budget",
+                used_bytes=self.budget.used,
+                limit_bytes=self.budget.limit,
+                hint="every agent is busy: raise max_agents_memory_mb or add memory",
+            )
+            return AgentStartError(
+                f"a new agent would not fit in the agents' memory budget (max_agents_memory_mb: "
+                f"{self.budget.describe()} used, about {self.budget.largest >> 20} MiB more "
+                f"needed) and no agent became idle within {wait} s; try again later",
+                INTERNAL_ERROR,
+                {
+                    "kind": "memory_budget",
+                    "usedBytes": self.budget.used,
+                    "limitBytes": self.budget.limit,
+                },
+            )
+        self.log.warning(
+            "agents.at_capacity",
+            bound=self.bound,
+            cap=cap,
+            hint="every agent is busy: raise max_live_agents or add memory",
+        )
+        return AgentStartError(
+            f"all {cap} agent slots (max_live_agents) stayed busy for {wait} s; try again later",
+            INTERNAL_ERROR,
+            {"kind": "at_capacity", "maxLiveAgents": cap},
+        )
+
+    # -- memory ------------------------------------------------------------------------------
+
+    def agent_pids(self) -> dict[int, str]:
+        """Every live agent's pid and role (``session`` | ``spare``)."""
+        pids = {a.pid: "session" for a in self.hosts if a.pid is not None and a.alive}
+        pids.update({a.pid: "spare" for a in self.spares if a.pid is not None and a.alive})
+        return pids
+
+    def _memory_fits(self, *, measure: bool = False) -> bool:
+        budget = self.budget
+        if budget is None:
+            return True
+        if measure:
+            budget.measure(self.agent_pids())
+        return budget.fits_new()
+
+    def enforce_memory(self) -> None:
+        """One look at the fleet: while over budget, stop spares, then the least recently
+        used idle agents (never one in a turn). Logged; counted in :attr:`memory_stops`."""
+        budget = self.budget
+        if budget is None:
+            return
+        budget.measure(self.agent_pids())
+        excess = budget.excess
+        if not excess:
+            return
+        stopped: list[dict[str, Any]] = []
+        while excess > 0 and self.spares:
+            agent = self._stop_spare_for_memory()
+            excess -= budget.usage.get(agent.pid or 0, 0)
+            stopped.append({"pid": agent.pid, "role": "spare"})
+        while excess > 0:  # bounded: each round stops one more agent, or ends the loop
+            evicted = self._make_room("memory")
+            if evicted is None:
+                break
+            excess -= budget.usage.get(evicted.pid or 0, 0)
+            stopped.append({"pid": evicted.pid, "role": "session"})
+            self.memory_stops["session"] += 1
+        self.log.warning(
+            "agents.over_memory_budget",
+            used_bytes=budget.used,
+            limit_bytes=budget.limit,
+            stopped=stopped,
+            still_over_bytes=max(0, excess),
+        )
+        if stopped:
+            self._slot_freed.set()  # a request waiting for memory looks again
+            self._slot_freed = anyio.Event()
+
+    def _stop_spare_for_memory(self) -> AgentProcess:
+        agent = self.spares.pop()
+        agent.stop()
+        self.memory_stops["spare"] += 1
+        self.log.info("agent.spare_stopped", reason="max_agents_memory_mb", agent_pid=agent.pid)
+        return agent
+
+    async def watch_memory(self) -> None:
+        """Enforce the memory budget every ``MEMORY_CHECK_S`` (runs until cancelled)."""
+        if self.budget is None:
+            return
+        while True:
+            await anyio.sleep(MEMORY_CHECK_S)
+            self.enforce_memory()
 
     def _release_slot(self) -> None:
         self.bound -= 1
@@ -309,6 +454,7 @@ class AgentPool:
         self._slot_freed = anyio.Event()
 
     def _on_bound_exit(self, agent: AgentProcess) -> None:
+        self.hosts.pop(agent, None)
         self._release_slot()
 
     def room_changed(self) -> None:
@@ -333,6 +479,14 @@ class AgentPool:
         """Stop every spare and every agent held for a client."""
         for agent in [*self.spares, *self._held.values()]:
             agent.stop()
+
+
+def _env_key(env: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(env.items())) if env else ()
+
+
+def _ignore(reply: Response | ErrorResponse, batch: Batch) -> None:
+    """The answer to a ``session/close`` sent for a conversation that left: nobody waits."""
 
 
 def _usable_dir(cwd: str | None) -> str | None:

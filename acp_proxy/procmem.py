@@ -12,7 +12,15 @@ import os
 from collections.abc import Iterable
 from typing import Final, NamedTuple
 
-__all__ = ["ProcStat", "parse_stat", "read_procs", "tree_pids", "tree_rss_bytes"]
+__all__ = [
+    "ProcStat",
+    "parse_stat",
+    "pss_bytes",
+    "read_procs",
+    "tree_pids",
+    "tree_pss_bytes",
+    "tree_rss_bytes",
+]
 
 _PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -94,3 +102,32 @@ def tree_rss_bytes(roots: Iterable[int], procs: list[ProcStat]) -> dict[int, int
     """
     rss = {p.pid: p.rss_bytes for p in procs}
     return {root: sum(rss[pid] for pid in pids) for root, pids in tree_pids(roots, procs).items()}
+
+
+def pss_bytes(pid: int, proc: str = "/proc") -> int | None:
+    """Proportional set size of one process (``smaps_rollup``), or None when unreadable
+    (another user's process, a kernel without it, a process that has ended)."""
+    try:
+        with open(f"{proc}/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def tree_pss_bytes(roots: Iterable[int], procs: list[ProcStat]) -> dict[int, int]:
+    """Memory of each root's tree, per process PSS where readable, else its RSS.
+
+    PSS splits a page shared by several processes (the agent binary's code, a runtime that
+    several agents map) between them: summed over trees it is what they cost together."""
+    rss = {p.pid: p.rss_bytes for p in procs}
+    out: dict[int, int] = {}
+    for root, pids in tree_pids(roots, procs).items():
+        total = 0
+        for pid in pids:
+            pss = pss_bytes(pid)
+            total += rss[pid] if pss is None else pss
+        out[root] = total
+    return out

@@ -16,7 +16,8 @@ in the next turn's timings (``agent: restored:<rung>``) and logged.
 
 Only the session's owner task calls :func:`restore_session` (``owner.py``), so a client that
 leaves cancels nothing of it; if it fails or is cancelled anyway (proxy shutdown) the agent it
-took is stopped and the session is left unbound, never half bound.
+took is stopped (left, when other conversations share it) and the session is left unbound,
+never half bound.
 """
 
 from __future__ import annotations
@@ -158,12 +159,16 @@ async def restore_session(
     try:
         if session.turn is None:
             await _settle_unfinished_turn(session.store, session)
-        agent, setup = await pool.acquire(session.record.cwd, session.env, auth)
-        agent.handler = session
-        session.agent = agent
+        host, setup = await pool.acquire(session.record.cwd, session.env, session, auth)
+        agent = session.agent = host.agent
         session.drained = 0
         params = _bind_params(session, mcp_servers, additional_directories)
-        rung, answer = await _rebind(session, agent, params)
+        async with host.binding_of(session):  # one bind at a time on a shared process
+            if session.record.upstream_session_id is not None:  # a load's replay: drained
+                host.route(session.record.upstream_session_id, session)
+            rung, answer = await _rebind(session, agent, params)
+            assert session.upstream_id is not None
+            host.route(session.upstream_id, session, session.record.cwd)
         await _reapply_state(session, agent, answer)
         session.record = msgspec.structs.replace(
             session.record, upstream_session_id=session.upstream_id, state="active"
@@ -179,7 +184,7 @@ async def restore_session(
         # Unbind whatever happened: the agent taken is stopped (its slot frees when it has
         # exited), the session is UNBOUND and the next use starts over.
         if agent is not None:
-            agent.stop()
+            pool.leave(agent, session)  # a process other conversations share stays
         session.agent = session.upstream_id = session.seed = None
         session.lifecycle.handle(Event.BIND_FAILED)
         if isinstance(exc, LocalProtocolError) or not isinstance(exc, Exception):

@@ -290,6 +290,7 @@ async def _serve(
             tg.start_soon(_watch_database, Path(config.db), opened, keep_fd, log)
         proxy.hub.pool.start_spares()
         tg.start_soon(proxy.hub.run_reaper)
+        tg.start_soon(proxy.hub.pool.watch_memory)
         log.info(
             "ready",
             socket=config.socket,

@@ -7,10 +7,8 @@ serves it. Everything the agent says is decided here, synchronously, into a
 * ``session/update``: ``sessionId`` rewritten to the proxy's id (only the outer object is
   re-encoded; ``update`` stays raw), appended to the store with the next sequence number, and
   delivered to **every** attached client once committed;
-* agent → client requests (permission, ``fs/*``, ``terminal/*``, elicitation, ``_`` ext): sent
-  to the client of the running turn (else the client attached last) with a fresh client-side
-  id; with no client attached they get the configured answer at once, never left pending;
-* answers to requests the proxy forwarded: routed back to the asking client's original id.
+* agent → client requests: sent to the client of the running turn (else the one attached
+  last), or answered for nobody (``forwarding.py``); their answers routed back.
 
 Its state is a :class:`~acp_proxy.lifecycle.Lifecycle`; the moves that take I/O (binding an
 agent, closing, deleting) are made by the session's owner task (``owner.py``) only. What is
@@ -125,6 +123,8 @@ class Session:
     on_idle: Callable[[], None] = lambda: None
     #: called with each turn's outcome and timings (the metrics)
     observe_turn: Callable[[str, dict[str, Any]], None] = lambda outcome, timings: None
+    #: the session leaves its agent process; True if it stopped (the pool's ``leave``)
+    release_agent: Callable[[Session, AgentProcess], bool] = lambda session, agent: _stop(agent)
     turns_completed: int = 0
     updates_recorded: int = 0
     created_mono: float = field(default_factory=time.monotonic)
@@ -181,13 +181,16 @@ class Session:
         if agent is None or not self.lifecycle.allows(Event.RETIRE):
             return None
         self.lifecycle.handle(Event.RETIRE)
-        agent.stop()
+        stopped = self.release_agent(self, agent)
         self.log.info(
-            "session.evicted" if reason in ("idle", "max_live_agents") else "session.retired",
+            "session.retired" if reason in ("closed", "env_changed") else "session.evicted",
             reason=reason,
             idle_s=round(time.monotonic() - self.last_active, 3),
             agent_pid=agent.pid,
+            agent_stopped=stopped,
         )
+        if not stopped:  # the process stays for the conversations it shares: this one left
+            self.on_agent_exit(agent, Batch())
         return agent
 
     def require_not_deleted(self) -> None:
@@ -490,3 +493,8 @@ class Session:
         batch.ops.append(finish)
         batch.deliveries.append(self._turn_over)
         batch.deliveries.append(answer_prompt(self.id, turn, reply, read, timings))
+
+
+def _stop(agent: AgentProcess) -> bool:
+    agent.stop()
+    return True

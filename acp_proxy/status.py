@@ -7,7 +7,8 @@ needed); the metrics gauges read the same snapshot. The answer::
      "sessions": {"known", "live", "in_turn"},
      "agents": [{"pid", "role": "session" | "spare", "rss_bytes", "sessions", "idle_s",
                  "in_turn"}],
-     "agent_memory_bytes"}
+     "agent_memory_bytes", "agent_memory_limit_bytes" (0: no budget),
+     "agents_stopped_for_memory": {"spare", "session"}}
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def snapshot(hub: Hub, clients: Sized, *, stopping: bool, started: float) -> dic
         "sessions": {"known": len(hub.sessions), "live": live, "in_turn": in_turn},
         "agents": list(agents.values()),
         "agent_memory_bytes": sum(rss.values()),
+        "agent_memory_limit_bytes": hub.pool.budget.limit if hub.pool.budget else 0,
+        "agents_stopped_for_memory": dict(hub.pool.memory_stops),
     }
 
 
@@ -104,7 +107,9 @@ def format_status(status: dict[str, Any]) -> str:
     if not status["agents"]:
         lines.append(f"{'(no agent running)':>26}")
     lines.append("")
+    limit = status.get("agent_memory_limit_bytes")
     lines.append(
         f"agent memory (RSS of all agent process trees): {_size(status['agent_memory_bytes'])}"
+        + (f"  budget {_size(limit)}" if limit else "")
     )
     return "\n".join(lines)

@@ -60,3 +60,27 @@ def test_scrape_config_scrapes_the_metrics_path() -> None:
     text = (MONITORING / "prometheus.yml").read_text()
     assert "job_name: acp-proxy" in text
     assert "127.0.0.1:9464" in text
+
+
+def test_memory_budget_metrics_follow_the_pool_counts() -> None:
+    """The budget is a gauge; stops for memory a counter that follows the pool's counts
+    (rendered twice: counted once)."""
+    metrics = Metrics()
+    status = {
+        "agents": [],
+        "sessions": {"live": 0},
+        "clients": 0,
+        "agent_memory_bytes": 0,
+        "agent_memory_limit_bytes": 1 << 30,
+        "agents_stopped_for_memory": {"spare": 1, "session": 2},
+    }
+    metrics.render(status)
+    text = metrics.render(status).decode()
+    samples = {
+        (s.name, s.labels.get("role")): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    assert samples["acp_proxy_agent_memory_limit_bytes", None] == 1 << 30
+    assert samples["acp_proxy_agents_stopped_for_memory_total", "spare"] == 1
+    assert samples["acp_proxy_agents_stopped_for_memory_total", "session"] == 2

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 
-from acp_proxy.procmem import ProcStat, parse_stat, read_procs, tree_rss_bytes
+from acp_proxy.procmem import (
+    ProcStat,
+    parse_stat,
+    pss_bytes,
+    read_procs,
+    tree_pss_bytes,
+    tree_rss_bytes,
+)
 
 
 def test_parse_stat_with_spaces_and_parens_in_the_name() -> None:
@@ -43,3 +50,13 @@ def test_this_process_has_resident_memory() -> None:
     """Reading the real /proc finds this process with a plausible RSS."""
     me = tree_rss_bytes([os.getpid()], read_procs())[os.getpid()]
     assert 1 << 20 < me < 4 << 30
+
+
+def test_pss_of_this_process_is_at_most_its_rss() -> None:
+    """PSS divides shared pages: never above RSS; a tree falls back to RSS when unreadable."""
+    procs = read_procs()
+    me = os.getpid()
+    pss = tree_pss_bytes([me], procs)[me]
+    rss = tree_rss_bytes([me], procs)[me]
+    assert 0 < pss <= rss
+    assert pss_bytes(1 << 30) is None  # no such process

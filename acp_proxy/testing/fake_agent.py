@@ -52,10 +52,11 @@ or a ``cancelled`` permission outcome) answer ``{"stopReason":"cancelled"}``, se
 A prompt whose first block is acp-proxy's ``<acp-proxy:history …>`` seed (the last rung of its
 restore ladder) gives a new session its earlier turns: one per user message in the block.
 
-Extension: ``_fake/state {sessionId?}`` -> ``{pid, initializeCount, sessions: {id: {turns, cwd,
-mode, model, running, boundWith}}, env: {FAKE_*, OPEN_DESIGN_* variables}, envNames: [every
-variable name], authenticated: [params of each authenticate call]}``; ``boundWith`` holds
-the ``mcpServers``/``additionalDirectories`` of the last new/load/resume in this process.
+Extension: ``_fake/state {sessionId?, all?}`` -> ``{pid, initializeCount, sessions: {id: {turns,
+cwd, mode, model, running, boundWith}}, env: {FAKE_*, OPEN_DESIGN_* variables}, envNames: [every
+variable name], authenticated: [params of each authenticate call]}`` (the sessions: the one
+named, or every session of the process with ``all: true``); ``boundWith`` holds the
+``mcpServers``/``additionalDirectories`` of the last new/load/resume in this process.
 ``authenticate`` answers ``{}`` and records its params (``methodId: "reject"`` is refused).
 """
 
@@ -465,7 +466,7 @@ class Agent:
                     "boundWith": s.bound_with,
                 }
                 for s in self.sessions.values()
-                if wanted in (None, s.id)
+                if wanted in (None, s.id) or params.get("all") is True
             },
             "env": {k: v for k, v in os.environ.items() if k.startswith(("FAKE_", "OPEN_DESIGN_"))},
         }
