@@ -63,7 +63,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: ``allow``/``reject`` to pick the first option of that kind.
     unattached_permission: Literal["cancelled", "allow", "reject"] = "cancelled"
     #: What a turn does when its client disconnects: keep running (recorded, replayed later)
-    #: or be cancelled.
+    #: or be cancelled. The ``open-design`` profile defaults to ``cancel``: that daemon kills
+    #: its bridge without ``session/cancel`` when its watchdog fires, and the turn it gave up
+    #: must neither run on unseen nor block the next message (``turn_in_progress``).
     on_client_disconnect: Literal["continue", "cancel"] = "continue"
     #: Bytes queued to one client before it counts as stuck and is disconnected. A slow client
     #: must not stall its agent or the recording (the turn goes on without it).
@@ -117,6 +119,8 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
+    if data.get("client_profile") == "open-design":
+        data.setdefault("on_client_disconnect", "cancel")
     try:
         config = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:

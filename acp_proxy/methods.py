@@ -403,8 +403,6 @@ async def run_guarded(
     """Run a handler; a :class:`ProtocolError` it raises becomes the request's error answer."""
     try:
         await handler(hub, client, req)
-    except AgentRefused as exc:
-        client.send_error(req.id, exc.code, exc.message, raw=exc.raw)
     except ProtocolError as exc:
         if hub.config.client_profile == "open-design" and _is_lost_session(req, exc):
             # The daemon drops its handle on resume_failed and re-runs the turn with its
@@ -421,14 +419,19 @@ async def run_guarded(
                 },
             )
             return
+        if isinstance(exc, AgentRefused):
+            client.send_error(req.id, exc.code, exc.message, raw=exc.raw)
+            return
         client.send_error(req.id, exc.code, exc.message, exc.data)
 
 
 def _is_lost_session(req: Request, exc: ProtocolError) -> bool:
-    """An unknown session, or one no rung of the restore ladder could bring back."""
-    return req.method in ("session/load", "session/resume", "session/prompt") and (
-        exc.code == RESOURCE_NOT_FOUND
-    )
+    """A load or resume that cannot attach, whatever the reason (wrong cwd, unknown session,
+    no rung of the restore ladder worked): the daemon takes any other load error as final and
+    keeps its handle. A prompt only for an unknown or unrestorable session."""
+    if req.method in ("session/load", "session/resume"):
+        return True
+    return req.method == "session/prompt" and exc.code == RESOURCE_NOT_FOUND
 
 
 #: Slow handlers (they may spawn an agent) run beside the connection's reader.

@@ -18,7 +18,7 @@ import trio
 from acp_proxy.testing.client import AcpClient
 from acp_proxy.testing.proxy_process import ProxyHandle
 
-from .conftest import proxy, summary
+from .conftest import client, db_rows, eventually, proxy, summary
 
 pytestmark = pytest.mark.trio
 
@@ -191,3 +191,95 @@ async def test_non_acp_invocations_go_to_the_real_binary(tmp: Path, real_binary:
             )
             assert result.returncode == 7
             assert result.stdout == f"vela {' '.join(args)}\n".encode()
+
+
+def _turn_outcomes(p: ProxyHandle, handle: str) -> list[str]:
+    rows = db_rows(p.db, "SELECT outcome FROM turns WHERE session_id = ? ORDER BY seq", handle)
+    return [row[0] for row in rows]
+
+
+async def test_load_that_cannot_attach_is_resume_failed(tmp: Path, real_binary: str) -> None:
+    """A load in another cwd (any load error) answers resume_failed, so the daemon reseeds
+    instead of failing every later turn with a handle it keeps; a standard client still gets
+    -32602."""
+    other = tmp / "elsewhere"
+    other.mkdir()
+    async with proxy(tmp, extra_args=("--client-profile", "open-design")) as p:
+        async with daemon_turn(p, real_binary, {}) as c:
+            handle, _ = await run_turn(c, None, str(tmp), "hello")
+        async with daemon_turn(p, real_binary, {}) as c:
+            reply = await c.request("session/load", {"sessionId": handle, "cwd": str(other)})
+            assert reply.error is not None
+            assert reply.error["code"] == -32600
+            assert reply.error["data"]["kind"] == "resume_failed"
+            assert reply.error["data"]["phase"] == "session_load"
+            assert str(other) in reply.error["data"]["reason"]
+    async with proxy(tmp) as p, client(p) as c:
+        sid = await c.new_session(str(tmp))
+        reply = await c.request("session/load", {"sessionId": sid, "cwd": str(other)})
+        assert reply.error is not None and reply.error["code"] == -32602
+
+
+async def _kill_bridge_mid_turn(p: ProxyHandle, real: str, handle: str | None) -> str:
+    """A daemon run whose watchdog SIGTERMs the bridge's group mid-turn, no session/cancel."""
+    process = await anyio.open_process(
+        bridge_command(p, real, *ENTRY),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    c = AcpClient(process.stdout, process.stdin)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(c._read)
+            await c.request("initialize", {"protocolVersion": 1, "clientCapabilities": {}})
+            if handle is None:
+                new = await c.request("session/new", {"cwd": str(p.log_path.parent)})
+                handle = new.unwrap()["sessionId"]
+            await c.start_prompt(handle, 'fake:{"hang": true}')
+            await c.wait_for(
+                lambda m: (
+                    m.get("method") == "session/update"
+                    and m["params"]["update"]["sessionUpdate"] == "agent_message_chunk"
+                )
+            )
+            os.killpg(process.pid, signal.SIGTERM)
+            tg.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await process.wait()
+        await process.aclose()
+    assert handle is not None
+    return handle
+
+
+async def test_bridge_killed_without_cancel_cancels_the_turn(tmp: Path, real_binary: str) -> None:
+    """open-design profile: a bridge killed mid-turn (watchdog, fail(), a daemon crash: no
+    session/cancel) cancels its turn at once; the next message runs on a clean agent."""
+    async with proxy(tmp, extra_args=("--client-profile", "open-design")) as p:
+        handle = await _kill_bridge_mid_turn(p, real_binary, None)
+        await eventually(lambda: _turn_outcomes(p, handle) == ["cancelled"])
+        async with daemon_turn(p, real_binary, {}) as c:
+            handle, reply = await run_turn(c, handle, str(tmp), "next message")
+            assert reply.error is None, reply.error
+            # the abandoned turn did not enter the agent's history
+            assert "holds 0 earlier turns" in summary(reply.updates())
+        assert _turn_outcomes(p, handle) == ["cancelled", "completed"]
+
+
+async def test_prompt_behind_an_abandoned_turn_cancels_it(tmp: Path, real_binary: str) -> None:
+    """Every profile: with on_client_disconnect=continue the orphan turn runs on, but a prompt
+    that arrives while it runs cancels it first, then runs (no turn_in_progress)."""
+    async with proxy(tmp) as p:
+        handle = await _kill_bridge_mid_turn(p, real_binary, None)
+        await trio.sleep(0.3)
+        assert _turn_outcomes(p, handle) == ["running"]  # continue: still running, unseen
+        async with client(p) as c:
+            with trio.fail_after(10):
+                reply = await c.prompt(handle, "next message")
+            assert reply.error is None, reply.error
+            assert "holds 0 earlier turns" in summary(reply.updates())
+        assert _turn_outcomes(p, handle) == ["cancelled", "completed"]
+        assert any(line.get("event") == "turn.abandoned_cancelled" for line in p.logs())
