@@ -67,10 +67,8 @@ __all__ = [
     "ReplyCallback",
 ]
 
-#: Decided-but-undelivered output batches per agent (each at most one 64 KiB read).
-PIPELINE_BATCHES: Final = 8
-#: Lines of agent stderr kept for error reports.
-STDERR_TAIL_LINES: Final = 20
+PIPELINE_BATCHES: Final = 8  #: decided-but-undelivered output batches (each ≤ one 64 KiB read)
+STDERR_TAIL_LINES: Final = 20  #: lines of agent stderr kept for error reports
 _PROXY_VERSION: Final = "0.1.0"
 
 
@@ -147,6 +145,7 @@ class AgentProcess:
         self.outbox = Outbox(limit_bytes=1 << 62)
         self._stdin: PipeWriter | None = None
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self.on_stderr: Callable[[AgentProcess, str], None] = lambda agent, line: None
         self.process: Process | None = None
         self.pid: int | None = None
         self.spawned_at = 0.0
@@ -330,6 +329,7 @@ class AgentProcess:
                     text = line.decode(errors="replace")
                     self.stderr_tail.append(text)
                     self.log.debug("agent.stderr", line=text)
+                    self.on_stderr(self, text)  # relayed to the turn's bridge (stderr_relay)
 
     async def _end_process(self) -> None:
         """Close stdin, then SIGTERM and SIGKILL the process group, ``kill_grace_s`` apart,

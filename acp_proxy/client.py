@@ -84,6 +84,8 @@ class ClientConnection:
         self.on_error: Callable[[int, object], None] = lambda code, data: None
         #: environment the client's bridge forwarded (``acp-proxy attach --forward-env``)
         self.env: dict[str, str] = {}
+        #: the bridge asked for the agent's stderr during turns (``stderr_relay.py``)
+        self.wants_stderr = False
         #: per session id: messages waiting behind a restore, in order (``Proxy.handle``)
         self.gates: dict[str, deque[Call]] = {}
 

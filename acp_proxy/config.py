@@ -92,6 +92,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: client (through ``acp-proxy attach --forward-env``) brings other values, the agent is
     #: restarted through the restore ladder, so a turn never runs under another turn's values.
     per_process_env: list[str] = msgspec.field(default_factory=list)
+    #: Start every agent with ``BASH_ENV`` naming a private 0600 file that is rewritten before
+    #: each prompt with the variables the prompting client's bridge forwarded: the turn's
+    #: values reach the agent's bash tool calls (``tool_env.py``). Off: tools see only the
+    #: agent's own environment.
+    tool_env: bool = True
     #: Whether the history seeded into a brand new agent session (last rung of the restore
     #: ladder) includes the agent's thoughts. Off: they are long and rarely useful as context.
     seed_thoughts: bool = False

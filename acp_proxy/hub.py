@@ -32,6 +32,7 @@ from .protocol import (
     object_members,
 )
 from .session import STATE_KINDS, Session
+from .stderr_relay import StderrRelay
 
 __all__ = ["Hub"]
 
@@ -51,6 +52,8 @@ class Hub:
         self.owners: dict[str, SessionOwner] = {}
         self.deleted: dict[str, None] = {}
         self.pool = AgentPool(config, tg, store, make_room=self._make_room)
+        self.stderr = StderrRelay()
+        self.pool.on_stderr = lambda agent, line: self.stderr.relay(agent.handler, line)
         #: metrics hooks (``metrics.Metrics`` when serving): a turn ended, a restore's rung
         self.on_turn: Callable[[str, dict[str, Any]], None] = lambda outcome, timings: None
         self.on_restored: Callable[[str], None] = lambda rung: None
@@ -67,10 +70,14 @@ class Hub:
             on_restored=lambda rung: self.on_restored(rung),
         )
         session.on_idle = self.pool.room_changed
-        session.observe_turn = lambda outcome, timings: self.on_turn(outcome, timings)
+        session.observe_turn = lambda outcome, timings: self._turn_ended(session, outcome, timings)
         self.owners[session.id] = owner
         self.tg.start_soon(owner.run, name=f"owner {session.id}")
         return owner
+
+    def _turn_ended(self, session: Session, outcome: str, timings: dict[str, Any]) -> None:
+        self.pool.tool_env.clear(session.agent)  # the turn's values (a run's token) go
+        self.on_turn(outcome, timings)
 
     def _on_created(self, session: Session) -> None:
         self.sessions[session.id] = session

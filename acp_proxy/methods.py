@@ -251,6 +251,8 @@ async def _run_turn(
         except BaseException:
             session.abort_turn()
             raise
+        # The values of the bridge that sent this prompt are what this turn's tools see.
+        hub.pool.tool_env.write(session.agent, client.env)
         user_last_seq = session.forward_prompt(req)
     finally:
         if waiter is not None:

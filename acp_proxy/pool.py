@@ -30,6 +30,7 @@ from .agent import AgentError, AgentExited, AgentProcess
 from .config import Config
 from .logs import get_logger
 from .protocol import INTERNAL_ERROR, LocalProtocolError
+from .tool_env import ToolEnv
 
 __all__ = ["AgentPool", "AgentStartError", "SetupTimings"]
 
@@ -75,6 +76,12 @@ class AgentPool:
         self._spare_settled = anyio.Event()  #: set (and replaced) when a spare start ends
         #: ``authenticate`` params a client used; replayed on every agent spawned later
         self.auth_params: Raw | None = None
+        #: per-process variables each agent was started with ({}: the proxy's own)
+        self.process_env: dict[AgentProcess, dict[str, str]] = {}
+        #: every agent's BASH_ENV file: the running turn's variables for its tool processes
+        self.tool_env = ToolEnv()
+        #: called with every line an agent writes to stderr (the hub relays them)
+        self.on_stderr: Callable[[AgentProcess, str], None] = lambda agent, line: None
         self.log = get_logger(component="pool")
 
     def start_spares(self) -> None:
@@ -110,10 +117,16 @@ class AgentPool:
             max_line_bytes=config.max_line_bytes,
             kill_grace_s=config.kill_grace_s,
         )
+        if config.tool_env:
+            agent.env = {**(agent.env or os.environ), "BASH_ENV": self.tool_env.new_file(agent)}
+        self.process_env[agent] = dict(env or {})
+        agent.exit_callbacks.append(self._forget)
+        agent.on_stderr = lambda agent, line: self.on_stderr(agent, line)
         command = " ".join(config.agent_command)
         try:
             await self.tg.start(agent.run)
         except OSError as exc:
+            self._forget(agent)
             raise AgentStartError(
                 f"cannot start the agent `{command}`: {exc}; check the command after `--`",
                 INTERNAL_ERROR,
@@ -196,7 +209,8 @@ class AgentPool:
         if self._on_bound_exit in agent.exit_callbacks:
             agent.exit_callbacks.remove(self._on_bound_exit)
             self._release_slot()
-        if agent.alive and agent.env is None and len(self.spares) < self.config.warm_spares:
+        own_env = not self.process_env.get(agent)
+        if agent.alive and own_env and len(self.spares) < self.config.warm_spares:
             self.spares.append(agent)
         else:
             agent.stop()
@@ -239,6 +253,10 @@ class AgentPool:
 
     def _on_bound_exit(self, agent: AgentProcess) -> None:
         self._release_slot()
+
+    def _forget(self, agent: AgentProcess) -> None:
+        self.process_env.pop(agent, None)
+        self.tool_env.remove(agent)
 
     def room_changed(self) -> None:
         """A conversation became idle: a waiter may now make room."""

@@ -24,6 +24,7 @@ from .drain import drain
 from .logs import get_logger
 from .metrics import serve_metrics
 from .proxy import Proxy
+from .tool_env import ToolEnv
 
 __all__ = ["SocketInUseError", "serve"]
 
@@ -123,37 +124,43 @@ async def _serve(
     log: Any,
     started: float,
 ) -> None:
-    async with listener, anyio.create_task_group() as tg:
-        proxy = Proxy(config, store, tg)
-        store.commit_observer = proxy.metrics.observe_store_commit
-        if config.metrics_address:
-            await tg.start(
-                serve_metrics,
-                config.metrics_address,
-                lambda: proxy.metrics.render(proxy.status()),
+    tool_env: ToolEnv | None = None
+    try:
+        async with listener, anyio.create_task_group() as tg:
+            proxy = Proxy(config, store, tg)
+            tool_env = proxy.hub.pool.tool_env
+            store.commit_observer = proxy.metrics.observe_store_commit
+            if config.metrics_address:
+                await tg.start(
+                    serve_metrics,
+                    config.metrics_address,
+                    lambda: proxy.metrics.render(proxy.status()),
+                )
+            tg.start_soon(_watch_signals, signals, tg, proxy, log)
+
+            async def handle(stream: SocketStream) -> None:
+                try:
+                    await proxy.new_client(stream).run()
+                except Exception:
+                    # A bug met by one connection ends that connection, not the proxy
+                    # and the other conversations.
+                    log.exception("client.crashed")
+
+            tg.start_soon(listener.serve, handle, tg)
+            proxy.hub.pool.start_spares()
+            tg.start_soon(proxy.hub.run_reaper)
+            log.info(
+                "ready",
+                socket=config.socket,
+                db=str(config.db),
+                agent_command=config.agent_command,
+                pid=os.getpid(),
+                startup_ms=round((time.monotonic() - started) * 1000, 3),
             )
-        tg.start_soon(_watch_signals, signals, tg, proxy, log)
-
-        async def handle(stream: SocketStream) -> None:
             try:
-                await proxy.new_client(stream).run()
-            except Exception:
-                # A bug met by one connection ends that connection, not the proxy
-                # and the other conversations.
-                log.exception("client.crashed")
-
-        tg.start_soon(listener.serve, handle, tg)
-        proxy.hub.pool.start_spares()
-        tg.start_soon(proxy.hub.run_reaper)
-        log.info(
-            "ready",
-            socket=config.socket,
-            db=str(config.db),
-            agent_command=config.agent_command,
-            pid=os.getpid(),
-            startup_ms=round((time.monotonic() - started) * 1000, 3),
-        )
-        try:
-            await anyio.sleep_forever()
-        finally:
-            proxy.hub.shutdown()
+                await anyio.sleep_forever()
+            finally:
+                proxy.hub.shutdown()
+    finally:
+        if tool_env is not None:  # every agent has exited: their environment files go
+            tool_env.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,19 +31,24 @@ def bridge_command(p: ProxyHandle, real_binary: str, *args: str) -> list[str]:
     return [
         sys.executable, "-m", "acp_proxy", "attach", "--socket", p.socket,
         "--real-binary", real_binary, "--acp-argv", " ".join(ENTRY),
-        "--forward-env", "OPEN_DESIGN_RUN_ID,OPEN_DESIGN_WORKSPACE_ID", "--", *args,
+        "--forward-env", "OPEN_DESIGN_RUN_ID,OPEN_DESIGN_WORKSPACE_ID",
+        "--forward-env-prefix", "OD_,VELA_", "--", *args,
     ]  # fmt: skip
 
 
 @asynccontextmanager
-async def daemon_turn(p: ProxyHandle, real: str, env: dict[str, str]) -> AsyncIterator[AcpClient]:
+async def daemon_turn(
+    p: ProxyHandle, real: str, env: dict[str, str], stderr: Path | None = None
+) -> AsyncIterator[AcpClient]:
     """One run of the daemon: spawn the bridge detached, talk ACP, then close stdin and
-    SIGTERM the whole process group 500 ms later, as open-design does after every turn."""
+    SIGTERM the whole process group 500 ms later, as open-design does after every turn
+    (``stderr``: a file that gets the bridge's stderr)."""
+    errors = stderr.open("ab") if stderr is not None else None
     process = await anyio.open_process(
         bridge_command(p, real, *ENTRY),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=errors if errors is not None else subprocess.DEVNULL,
         env={**os.environ, **env},
         start_new_session=True,
     )
@@ -72,6 +78,8 @@ async def daemon_turn(p: ProxyHandle, real: str, env: dict[str, str]) -> AsyncIt
             if process.returncode is None:
                 os.killpg(process.pid, signal.SIGKILL)
             await process.aclose()
+            if errors is not None:
+                errors.close()
 
 
 async def run_turn(c: AcpClient, handle: str | None, cwd: str, text: str) -> tuple[str, Any]:
@@ -283,3 +291,77 @@ async def test_prompt_behind_an_abandoned_turn_cancels_it(tmp: Path, real_binary
             assert "holds 0 earlier turns" in summary(reply.updates())
         assert _turn_outcomes(p, handle) == ["cancelled", "completed"]
         assert any(line.get("event") == "turn.abandoned_cancelled" for line in p.logs())
+
+
+async def test_tool_processes_see_the_turns_environment(tmp: Path, real_binary: str) -> None:
+    """Item 1: each run's variables (a fresh tool token, the run id) reach the bash tool calls
+    of the one warm agent, turn after turn; the file holding them is 0600, emptied after the
+    turn, gone with the proxy; no value reaches the proxy's log or store."""
+    extra = ("--client-profile", "open-design")
+    check = (
+        '[ "$OD_TOOL_TOKEN" = "s3cr3t-$OPEN_DESIGN_RUN_ID" ] && echo "token-ok/$OPEN_DESIGN_RUN_ID"'
+        ' || echo "token-bad/$OD_TOOL_TOKEN"; echo "file=$BASH_ENV"'
+    )
+    prompt = "fake:" + json.dumps({"shell": check})
+    async with proxy(tmp, extra_args=extra) as p:
+        handle, pids, env_file = None, set(), ""
+        for turn in range(5):
+            env = {"OD_TOOL_TOKEN": f"s3cr3t-r{turn}", "OPEN_DESIGN_RUN_ID": f"r{turn}"}
+            async with daemon_turn(p, real_binary, env) as c:
+                handle, reply = await run_turn(c, handle, str(tmp), prompt)
+                text = summary(reply.updates())
+                assert f"shell=token-ok/r{turn}" in text, text
+                env_file = text.rsplit("file=", 1)[1].split()[0].rstrip(";")
+                assert os.stat(env_file).st_mode & 0o777 == 0o600
+                assert "s3cr3t-r" not in Path(env_file).read_text()  # emptied at turn end
+                state = (await c.request("_fake/state", {"sessionId": handle})).unwrap()
+                pids.add(state["pid"])
+                assert "OD_TOOL_TOKEN" not in state["env"]  # the agent's own env: untouched
+        assert len(pids) == 1
+        # A client forwarding nothing: its turn's tools see nothing of the last run.
+        async with client(p) as c:
+            reply = await c.prompt(handle, prompt)
+            assert "shell=token-bad/\n" in summary(reply.updates())
+        assert b"s3cr3t-r" not in p.log_path.read_bytes()
+    assert not Path(env_file).exists()
+    db = Path(p.db).read_bytes() + b"".join(
+        f.read_bytes() for f in tmp.glob("*.db-wal") if f.is_file()
+    )
+    assert b"s3cr3t-r" not in db
+
+
+async def test_agent_stderr_during_a_turn_reaches_the_bridge(tmp: Path, real_binary: str) -> None:
+    """Item 3: a line the agent writes to stderr mid-turn comes out of the bridge's stderr
+    (never its stdout); a plain ACP client is never sent it."""
+    errors = tmp / "bridge.stderr"
+    line = "AMR error: plan tier upgrade required (code 402)"
+    prompt = "fake:" + json.dumps({"stderr": line})
+    async with proxy(tmp, extra_args=("--client-profile", "open-design")) as p:
+        async with daemon_turn(p, real_binary, {}, stderr=errors) as c:
+            handle, reply = await run_turn(c, None, str(tmp), prompt)
+            assert reply.error is None
+            assert all(n["method"] != "_acp-proxy/stderr" for n in reply.notifications)
+        assert line in errors.read_text()
+        async with client(p) as c:
+            reply = await c.prompt(handle, prompt)
+            assert reply.error is None
+            assert all(n.get("method") != "_acp-proxy/stderr" for n in c.messages)
+
+
+async def test_fallback_runs_the_real_binary_when_the_proxy_is_down(
+    tmp: Path, real_binary: str
+) -> None:
+    """Item 6: with --fallback, an unreachable socket execs the real binary with the ACP argv
+    (same stdio, its exit code) and says so in one plain-text stderr line."""
+    gone = ProxyHandle(str(tmp / "no.sock"), "", tmp / "log", None)  # type: ignore[arg-type]
+    command = bridge_command(gone, real_binary, *ENTRY)
+    with_fallback = [*command[: command.index("--")], "--fallback", *command[command.index("--") :]]
+    result = await trio.run_process(
+        with_fallback, capture_stdout=True, capture_stderr=True, check=False
+    )
+    assert result.returncode == 7
+    assert result.stdout == f"vela {' '.join(ENTRY)}\n".encode()
+    err = result.stderr.decode()
+    assert "--fallback" in err and real_binary in err and not err.lstrip().startswith("{")
+    result = await trio.run_process(command, capture_stderr=True, check=False)
+    assert result.returncode == 1 and b"cannot connect" in result.stderr
