@@ -11,7 +11,7 @@ from acp_proxy.tool_env import ToolEnv, render
 
 
 def test_values_survive_bash_quoting(tmp_path: Path) -> None:
-    tricky = "it's $HOME `id` \"q\" \\ \n next line; $(echo no)"
+    tricky = 'it\'s $HOME `id` "q" \\ \n next line; $(echo no)'
     chained = tmp_path / "own.env"
     chained.write_text("export FROM_OWN=yes\n")
     path = tmp_path / "turn.env"

@@ -14,6 +14,8 @@ Replies are deterministic and make the conversation's continuity observable:
   request's ``tools`` list) running :data:`BASH_COMMAND`; opencode then runs the tool (asking
   ``session/request_permission`` first when configured so) and sends the result back as a
   ``role: "tool"`` message, answered with ``Tool said: <output>``;
+* when the last user message contains :data:`RUN_COMMAND` followed by a command, the same,
+  with that command (the rest of the message);
 * when the last user message contains :data:`SLOW_REPLY`, the ordinary answer is streamed one
   word every :data:`SLOW_CHUNK_DELAY_S` (a turn that is still running when a test acts);
 * opencode's side requests (session title, summaries: requests without tools) get a short
@@ -35,6 +37,7 @@ __all__ = [
     "BASH_COMMAND",
     "BASH_OUTPUT",
     "RUN_BASH",
+    "RUN_COMMAND",
     "SLOW_REPLY",
     "FakeModel",
     "opencode_config",
@@ -42,6 +45,7 @@ __all__ = [
 
 MODEL_ID = "echo-1"
 RUN_BASH = "RUN_BASH"
+RUN_COMMAND = "RUN_COMMAND:"
 SLOW_REPLY = "SLOW_REPLY"  #: in the last user message: stream the answer slowly (seconds)
 SLOW_CHUNK_DELAY_S = 0.5
 BASH_OUTPUT = "fake-bash-ran-ok"
@@ -178,7 +182,7 @@ class FakeModel:
         elif last_role == "tool":
             request.kind = "tool_result"
             reply = {"text": f"Tool said: {_text(messages[-1].get('content')).strip()}"}
-        elif users and RUN_BASH in users[-1]:
+        elif users and (RUN_BASH in users[-1] or RUN_COMMAND in users[-1]):
             bash = next((n for n in tools if n == "bash"), None) or next(
                 (n for n in tools if "bash" in n or "shell" in n), None
             )
@@ -190,7 +194,9 @@ class FakeModel:
                     "tool_call": {
                         "name": bash,
                         "arguments": {
-                            "command": BASH_COMMAND,
+                            "command": users[-1].split(RUN_COMMAND, 1)[1].strip()
+                            if RUN_COMMAND in users[-1]
+                            else BASH_COMMAND,
                             "description": "Print a marker",
                         },
                     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from .conftest import (
     text_of,
     wait_dead,
 )
-from .fake_model import BASH_OUTPUT, RUN_BASH, SLOW_REPLY
+from .fake_model import BASH_OUTPUT, RUN_BASH, RUN_COMMAND, SLOW_REPLY
 
 pytestmark = [pytest.mark.trio, pytest.mark.opencode, pytest.mark.timeout(240)]
 
@@ -323,3 +324,34 @@ async def test_proxy_start_spawns_one_agent(fresh_opencode: Opencode) -> None:
         async with oc.proxy() as p, client(p) as c:
             assert len(log_lines(p, "agent.spawned")) == 1
             await _first_turn(c, oc)
+
+
+async def test_bash_tool_sees_each_turns_forwarded_token(opencode: Opencode) -> None:
+    """Issue 11 item 1 on the real agent: five turns on one opencode process, each from a new
+    ``attach`` bridge forwarding its own ``OD_TOOL_TOKEN``; opencode's bash tool (non-
+    interactive /bin/bash, which reads $BASH_ENV) prints that turn's token every time."""
+    oc = opencode
+    command = f'{RUN_COMMAND} echo "token=$OD_TOOL_TOKEN"'
+    with trio.fail_after(TEST_LIMIT_S * 2):
+        async with oc.proxy() as p:
+            sid, pids = None, set()
+            for turn in range(5):
+                token = f"tok-{turn}-{os.getpid()}"
+                bridge = [
+                    sys.executable, "-m", "acp_proxy", "attach", "--socket", p.socket,
+                    "--forward-env-prefix", "OD_",
+                ]  # fmt: skip
+                env = {**os.environ, "OD_TOOL_TOKEN": token}
+                async with AcpClient.spawn(bridge, env=env) as c:
+                    await c.initialize()
+                    if sid is None:
+                        sid = await c.new_session(oc.cwd)
+                    else:
+                        await c.request("session/resume", {"sessionId": sid, "cwd": oc.cwd})
+                    reply = await c.prompt(sid, command)
+                    assert reply.error is None, reply.error
+                    assert text_of(reply) == f"Tool said: token={token}"
+                assert sid is not None
+                pids.add(agent_pid(p, sid))
+            assert len(pids) == 1  # one warm opencode process served all five
+            assert not log_lines(p, "session.restored")
