@@ -88,6 +88,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: cannot take a replay (load answers sessionId/openCodeSessionId and replays nothing; a
     #: session that cannot be restored is an error with ``data.kind = "resume_failed"``).
     client_profile: Literal["standard", "open-design"] = "standard"
+    #: With ``per_process_env``: how many recently seen sets of its values keep a warm spare
+    #: each (a new conversation in a known workspace starts warm). Each holds a
+    #: ``max_live_agents`` slot while idle, and is stopped first when a conversation needs one.
+    env_spares: int = 4
     #: Environment variables that belong to one agent *process* (billing, tracing): when a
     #: client (through ``acp-proxy attach --forward-env``) brings other values, the agent is
     #: restarted through the restore ladder, so a turn never runs under another turn's values.
@@ -136,6 +140,8 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config
         raise ConfigError("no database path: pass --db or set ACP_PROXY_DB")
     if not config.agent_command:
         raise ConfigError("no agent command: put it after `--`, e.g. `-- opencode acp`")
+    if config.env_spares < 0:
+        raise ConfigError("env_spares must be >= 0")
     if config.warm_spares < 0 or config.kill_grace_s < 0 or config.max_line_bytes < 1024:
         raise ConfigError("warm_spares and kill_grace_s must be >= 0, max_line_bytes >= 1024")
     if config.idle_timeout_s < 0 or config.max_live_agents < 1 or config.max_queued_prompts < 0:

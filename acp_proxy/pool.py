@@ -11,11 +11,19 @@ counts. When every slot is taken, the least recently used idle conversation is a
 its agent up (``make_room``, supplied by the layer above) and the request waits for a slot, up
 to ``agent_start_timeout_s``, then fails with ``kind: "at_capacity"``. Spares are counted
 apart (``warm_spares``).
+
+Spares run with the proxy's own environment, so with ``per_process_env`` every new
+conversation would start a cold agent. The pool therefore also keeps one spare per set of
+per-process values seen recently (``env_spares`` sets, least recently used dropped): a new
+conversation in a known workspace takes a warm agent. These take a ``max_live_agents`` slot
+each, are started only when a slot is free, and are the first thing stopped when a
+conversation needs a slot.
 """
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +84,10 @@ class AgentPool:
         self._spare_settled = anyio.Event()  #: set (and replaced) when a spare start ends
         #: ``authenticate`` params a client used; replayed on every agent spawned later
         self.auth_params: Raw | None = None
+        #: per-process value sets seen recently (least recently used first), each with its
+        #: spare once one is ready; an env spare holds a ``max_live_agents`` slot
+        self.recent_envs: OrderedDict[_EnvKey, AgentProcess | None] = OrderedDict()
+        self._env_spares_starting: set[_EnvKey] = set()
         #: per-process variables each agent was started with ({}: the proxy's own)
         self.process_env: dict[AgentProcess, dict[str, str]] = {}
         #: every agent's BASH_ENV file: the running turn's variables for its tool processes
@@ -175,12 +187,26 @@ class AgentPool:
         """A warm spare if one is ready (then a replacement is started), else a fresh agent;
         within ``max_live_agents`` (see the module docstring).
 
-        Spares run with the proxy's own environment: a session that needs per-process values
-        (``env``) gets a fresh agent.
+        A session that needs per-process values (``env``) gets the spare kept for those
+        values if one is ready (it keeps its slot), else a fresh agent; either way a spare
+        for them is started next, if a slot is free.
 
         Raises:
             AgentStartError: no slot freed in time, or the agent could not be started.
         """
+        if env and self.config.env_spares:
+            key = _env_key(env)
+            spare = self.recent_envs.pop(key, None)
+            self.recent_envs[key] = None  # most recently used now
+            while len(self.recent_envs) > self.config.env_spares:
+                _old, dropped = self.recent_envs.popitem(last=False)
+                if dropped is not None:
+                    dropped.stop()  # its slot frees when it has exited
+            self.tg.start_soon(self._add_env_spare, key)
+            if spare is not None and spare.alive:
+                return spare, SetupTimings("spare")
+            if spare is not None:
+                spare.stop()
         await self._reserve_slot()
         try:
             agent, setup = await self._take_or_spawn(cwd, env)
@@ -201,6 +227,42 @@ class AgentPool:
                 return agent, SetupTimings("spare")
         agent = await self.spawn(cwd, env)
         return agent, SetupTimings("cold", cli_ready_ms=agent.cli_ready_ms)
+
+    async def _add_env_spare(self, key: _EnvKey) -> None:
+        """Start the spare for a recent per-process value set, if none is there or starting
+        and a slot is free (never waits for one: conversations come first)."""
+        if (
+            key not in self.recent_envs
+            or self.recent_envs[key] is not None
+            or key in self._env_spares_starting
+            or self.bound >= self.config.max_live_agents
+        ):
+            return
+        self.bound += 1
+        self._env_spares_starting.add(key)
+        try:
+            agent = await self.spawn(None, dict(key))
+        except AgentStartError as exc:
+            self._release_slot()
+            self.log.error("agent.env_spare_failed", error=exc.message, data=exc.data)
+            return
+        finally:
+            self._env_spares_starting.discard(key)
+        agent.exit_callbacks.append(self._on_bound_exit)
+        if key in self.recent_envs and self.recent_envs[key] is None:
+            self.recent_envs[key] = agent
+            self.log.info("agent.env_spare_ready", agent_pid=agent.pid, names=[k for k, _ in key])
+        else:  # the value set was dropped meanwhile
+            agent.stop()
+
+    def _drop_env_spare(self) -> bool:
+        """Stop the least recently used env spare (a conversation needs its slot)."""
+        for key, spare in self.recent_envs.items():
+            if spare is not None:
+                self.recent_envs[key] = None
+                spare.stop()
+                return True
+        return False
 
     def give_back(self, agent: AgentProcess) -> None:
         """An agent handed out by :meth:`acquire` that holds no conversation: it becomes a
@@ -224,7 +286,9 @@ class AgentPool:
         try:
             with anyio.fail_after(self.config.agent_start_timeout_s):
                 while self.bound >= cap:
-                    if self._room_coming < self._waiting and self._make_room():
+                    if self._room_coming < self._waiting and (
+                        self._drop_env_spare() or self._make_room()
+                    ):
                         self._room_coming += 1
                     freed = self._slot_freed
                     await freed.wait()
@@ -287,8 +351,16 @@ class AgentPool:
 
     def stop(self) -> None:
         """Stop every spare."""
-        for agent in self.spares:
-            agent.stop()
+        for agent in [*self.spares, *self.recent_envs.values()]:
+            if agent is not None:
+                agent.stop()
+
+
+_EnvKey = tuple[tuple[str, str], ...]
+
+
+def _env_key(env: dict[str, str]) -> _EnvKey:
+    return tuple(sorted(env.items()))
 
 
 def _usable_dir(cwd: str | None) -> str | None:

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from acp_proxy.testing.client import AcpClient
-from acp_proxy.testing.proxy_process import ProxyHandle
+from acp_proxy.testing.proxy_process import ProxyHandle, pid_exists
 
 from .conftest import client, db_rows, eventually, proxy, summary
 
@@ -365,3 +365,50 @@ async def test_fallback_runs_the_real_binary_when_the_proxy_is_down(
     assert "--fallback" in err and real_binary in err and not err.lstrip().startswith("{")
     result = await trio.run_process(command, capture_stderr=True, check=False)
     assert result.returncode == 1 and b"cannot connect" in result.stderr
+
+
+async def _new_conversation(p: ProxyHandle, real: str, workspace: str, cwd: str) -> tuple[str, int]:
+    """A first turn in ``workspace``: how its agent was obtained, and its pid."""
+    async with daemon_turn(p, real, {"OPEN_DESIGN_WORKSPACE_ID": workspace}) as c:
+        handle, reply = await run_turn(c, None, cwd, "first turn")
+        assert reply.error is None, reply.error
+        state = (await c.request("_fake/state", {"sessionId": handle})).unwrap()
+        assert state["env"]["OPEN_DESIGN_WORKSPACE_ID"] == workspace
+        return reply.result["_meta"]["acp-proxy"]["agent"], state["pid"]
+
+
+def _spares_ready(p: ProxyHandle) -> int:
+    return sum(1 for line in p.logs() if line.get("event") == "agent.env_spare_ready")
+
+
+async def test_new_conversation_in_a_known_workspace_is_warm(tmp: Path, real_binary: str) -> None:
+    """Item 4: with --per-process-env, the first conversation of a workspace is cold, the next
+    one in that workspace takes the spare kept for its values; another workspace is cold."""
+    extra = ("--client-profile", "open-design", "--per-process-env", "OPEN_DESIGN_WORKSPACE_ID")
+    async with proxy(tmp, extra_args=extra) as p:
+        assert (await _new_conversation(p, real_binary, "ws1", str(tmp)))[0] == "cold"
+        await eventually(lambda: _spares_ready(p) == 1)
+        assert (await _new_conversation(p, real_binary, "ws1", str(tmp)))[0] == "spare"
+        assert (await _new_conversation(p, real_binary, "ws2", str(tmp)))[0] == "cold"
+        await eventually(lambda: _spares_ready(p) == 3)  # ws1 replaced, ws2 new
+        assert (await _new_conversation(p, real_binary, "ws2", str(tmp)))[0] == "spare"
+
+
+async def test_workspace_spares_count_against_max_live_agents(tmp: Path, real_binary: str) -> None:
+    """A workspace spare holds an agent slot; a conversation that needs the slot stops the
+    spare, never another conversation's agent."""
+    config = tmp / "proxy.toml"
+    config.write_text("max_live_agents = 2\nwarm_spares = 0\nidle_timeout_s = 0\n")
+    extra = (
+        "--config", str(config), "--client-profile", "open-design",
+        "--per-process-env", "OPEN_DESIGN_WORKSPACE_ID",
+    )  # fmt: skip
+    async with proxy(tmp, extra_args=extra) as p:
+        how, first_pid = await _new_conversation(p, real_binary, "ws1", str(tmp))
+        assert how == "cold"
+        await eventually(lambda: _spares_ready(p) == 1)  # 2 slots: ws1's agent + its spare
+        how, _ = await _new_conversation(p, real_binary, "ws2", str(tmp))
+        assert how == "cold"
+        assert pid_exists(first_pid)  # the spare gave its slot up, not the conversation
+        assert not any(line.get("event") == "session.evicted" for line in p.logs())
+        assert _spares_ready(p) == 1  # no slot left for a ws2 spare
