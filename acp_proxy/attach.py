@@ -29,6 +29,7 @@ import sys
 
 TYPE_CHECKING = False  # not `typing`'s: importing it costs the bridge ~3 ms per start
 if TYPE_CHECKING:
+    from _socket import socket
     from collections.abc import Callable, Sequence
 
 __all__ = ["STDERR_PREFIX", "StreamSplitter", "dispatch", "main", "parse_args"]
@@ -218,13 +219,13 @@ def _relay_stderr(line: bytes) -> None:
             _write_all(2, text.encode(errors="replace") + b"\n")
 
 
-def relay(sock: object, first: bytes) -> int:
+def relay(sock: socket, first: bytes) -> int:
     """Relay stdio ⇄ ``sock`` until the proxy closes the connection (one thread, ``poll``:
     it works on pipes, sockets, ttys and regular files alike)."""
     import select
 
-    fd = sock.fileno()  # type: ignore[attr-defined]
-    sock.sendall(first)  # type: ignore[attr-defined]
+    fd = sock.fileno()
+    sock.sendall(first)
     splitter = StreamSplitter(lambda data: _write_all(1, data), _relay_stderr)
     poller = select.poll()
     poller.register(fd, select.POLLIN)
@@ -234,7 +235,7 @@ def relay(sock: object, first: bytes) -> int:
         while True:
             for ready, _events in poller.poll():
                 if ready == fd:
-                    data = sock.recv(_READ_SIZE)  # type: ignore[attr-defined]
+                    data = sock.recv(_READ_SIZE)
                     if not data:
                         splitter.close()
                         return 0
@@ -245,12 +246,12 @@ def relay(sock: object, first: bytes) -> int:
                     except OSError:  # stdin closed or broken under us: end of input
                         data = b""
                     if data:
-                        sock.sendall(data)  # type: ignore[attr-defined]
+                        sock.sendall(data)
                     else:
                         # Half-close: the proxy sees end of input, finishes answering.
                         stdin_open = False
                         poller.unregister(0)
-                        sock.shutdown(1)  # type: ignore[attr-defined]
+                        sock.shutdown(1)
     except (BrokenPipeError, ConnectionResetError):
         return 0
 
