@@ -388,6 +388,9 @@ async def test_new_conversation_in_a_known_workspace_is_warm(tmp: Path, real_bin
     async with proxy(tmp, extra_args=extra) as p:
         assert (await _new_conversation(p, real_binary, "ws1", str(tmp)))[0] == "cold"
         await eventually(lambda: _spares_ready(p) == 1)
+        async with client(p) as c:  # status lists it: the plain spare and ws1's
+            status = (await c.request("_acp-proxy/status", {})).unwrap()
+            assert sum(a["role"] == "spare" for a in status["agents"]) == 2
         assert (await _new_conversation(p, real_binary, "ws1", str(tmp)))[0] == "spare"
         assert (await _new_conversation(p, real_binary, "ws2", str(tmp)))[0] == "cold"
         await eventually(lambda: _spares_ready(p) == 3)  # ws1 replaced, ws2 new
