@@ -332,16 +332,19 @@ async def test_tool_processes_see_the_turns_environment(tmp: Path, real_binary: 
 
 async def test_agent_stderr_during_a_turn_reaches_the_bridge(tmp: Path, real_binary: str) -> None:
     """Item 3: a line the agent writes to stderr mid-turn comes out of the bridge's stderr
-    (never its stdout); a plain ACP client is never sent it."""
+    (never its stdout); what it wrote outside a turn (its start-up lines) does not; a plain
+    ACP client is never sent it."""
     errors = tmp / "bridge.stderr"
     line = "AMR error: plan tier upgrade required (code 402)"
     prompt = "fake:" + json.dumps({"stderr": line})
-    async with proxy(tmp, extra_args=("--client-profile", "open-design")) as p:
+    profile = ("--client-profile", "open-design")
+    async with proxy(tmp, "--stderr-lines", "2", extra_args=profile) as p:
         async with daemon_turn(p, real_binary, {}, stderr=errors) as c:
             handle, reply = await run_turn(c, None, str(tmp), prompt)
             assert reply.error is None
             assert all(n["method"] != "_acp-proxy/stderr" for n in reply.notifications)
         assert line in errors.read_text()
+        assert "fake-agent: log line" not in errors.read_text()
         async with client(p) as c:
             reply = await c.prompt(handle, prompt)
             assert reply.error is None
