@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
 
-import anyio
-
-from . import __version__, ops_cli, sessions_cli
-from .config import ConfigError, load_config
-from .logs import configure_logging
+TYPE_CHECKING = False  # not `typing`'s: `attach` must start without importing it
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from . import __version__, ops_cli, sessions_cli
+
     parser = argparse.ArgumentParser(
         prog="acp-proxy",
         description="A long-lived ACP sidecar: one warm agent per conversation, "
@@ -96,36 +97,30 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="run the proxy end to end on its embedded defaults (SQLite + fake agent)"
     )
     demo.add_argument("--dir", help="keep the socket, database and logs here (default: temp)")
-    attach = sub.add_parser("attach", help="bridge stdio to a running proxy's socket")
-    attach.add_argument(
-        "--socket",
-        default=os.environ.get("ACP_PROXY_SOCKET"),
-        help="unix socket path (default: $ACP_PROXY_SOCKET)",
+    # `attach` never reaches this parser (see main): listed here for --help only.
+    sub.add_parser(
+        "attach",
+        help="bridge stdio to a running proxy's socket (acp-proxy attach --help)",
+        add_help=False,
     )
-    attach.add_argument(
-        "--real-binary",
-        default=os.environ.get("ACP_PROXY_REAL_BINARY"),
-        help="exec this binary, same argv, for invocations that are not the ACP entry point "
-        "(default: $ACP_PROXY_REAL_BINARY)",
-    )
-    attach.add_argument(
-        "--acp-argv",
-        default=os.environ.get("ACP_PROXY_ACP_ARGV", ""),
-        help='arguments that mark the ACP entry point, e.g. "agent run --runtime opencode"; '
-        "empty: every invocation is ACP (default: $ACP_PROXY_ACP_ARGV)",
-    )
-    attach.add_argument(
-        "--forward-env",
-        default=os.environ.get("ACP_PROXY_FORWARD_ENV", ""),
-        help="comma-separated environment variables sent to the proxy for this connection "
-        "(default: $ACP_PROXY_FORWARD_ENV)",
-    )
-    attach.add_argument("args", nargs=argparse.REMAINDER, help="-- ARGS the bridge was run with")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``acp-proxy`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["attach"]:
+        # The bridge runs per turn (twice for some clients): nothing but what it uses is
+        # imported, not even argparse.
+        from .attach import main as attach_main
+
+        return attach_main(argv[1:])
+    import anyio
+
+    from . import ops_cli, sessions_cli
+    from .config import ConfigError, load_config
+    from .logs import configure_logging
+
     args = _parser().parse_args(argv)
     if args.command == "sessions":
         return sessions_cli.run(args)
@@ -135,19 +130,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import main as demo_main
 
         return demo_main(args.dir)
-    if args.command == "attach":
-        configure_logging("warning")
-        if not args.socket:
-            print("acp-proxy attach: pass --socket or set ACP_PROXY_SOCKET", file=sys.stderr)
-            return 2
-        from .attach import attach, dispatch
-
-        passthrough = list(args.args)
-        if passthrough and passthrough[0] == "--":
-            passthrough = passthrough[1:]
-        dispatch(passthrough, real_binary=args.real_binary, acp_argv=args.acp_argv)
-        forward = [name.strip() for name in args.forward_env.split(",") if name.strip()]
-        return anyio.run(attach, args.socket, forward)
     agent = list(args.agent)
     if agent and agent[0] == "--":
         agent = agent[1:]

@@ -147,6 +147,7 @@ class AgentProcess(AgentCalls):
         self.outbox = Outbox(limit_bytes=stdin_limit_bytes + max_line_bytes)
         self._stdin: PipeWriter | None = None
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self.on_stderr: Callable[[AgentProcess, str], None] = lambda agent, line: None
         self.process: Process | None = None
         self.pid: int | None = None
         self.spawned_at = 0.0
@@ -334,6 +335,7 @@ class AgentProcess(AgentCalls):
                     text = line.decode(errors="replace")
                     self.stderr_tail.append(text)
                     self.log.debug("agent.stderr", line=text)
+                    self.on_stderr(self, text)  # relayed to the turn's bridge (stderr_relay)
 
     async def _end_process(self) -> None:
         """Close stdin, then SIGTERM and SIGKILL the process group, ``kill_grace_s`` apart,

@@ -100,6 +100,8 @@ class ClientConnection:
         self.peer_uid: int | None = None
         #: this client's ``authenticate`` params: replayed only to agents started for it
         self.auth_params: Raw | None = None
+        #: the bridge asked for the agent's stderr during turns (``stderr_relay.py``)
+        self.wants_stderr = False
         #: per session id: messages waiting behind a restore, in order (``Proxy.handle``)
         self.gates: dict[str, deque[Call]] = {}
 

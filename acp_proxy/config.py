@@ -73,7 +73,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: ``allow``/``reject`` to pick the first option of that kind.
     unattached_permission: Literal["cancelled", "allow", "reject"] = "cancelled"
     #: What a turn does when its client disconnects: keep running (recorded, replayed later)
-    #: or be cancelled.
+    #: or be cancelled. The ``open-design`` profile defaults to ``cancel``: that daemon kills
+    #: its bridge without ``session/cancel`` when its watchdog fires, and the turn it gave up
+    #: must neither run on unseen nor block the next message (``turn_in_progress``).
     on_client_disconnect: Literal["continue", "cancel"] = "continue"
     #: Bytes queued to one client before it counts as stuck and is disconnected. A slow client
     #: must not stall its agent or the recording (the turn goes on without it).
@@ -112,10 +114,19 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: cannot take a replay (load answers sessionId/openCodeSessionId and replays nothing; a
     #: session that cannot be restored is an error with ``data.kind = "resume_failed"``).
     client_profile: Literal["standard", "open-design"] = "standard"
+    #: With ``per_process_env``: how many recently seen sets of its values keep a warm spare
+    #: each (a new conversation in a known workspace starts warm). Each holds a
+    #: ``max_live_agents`` slot while idle, and is stopped first when a conversation needs one.
+    env_spares: int = 4
     #: Environment variables that belong to one agent *process* (billing, tracing): when a
     #: client (through ``acp-proxy attach --forward-env``) brings other values, the agent is
     #: restarted through the restore ladder, so a turn never runs under another turn's values.
     per_process_env: list[str] = msgspec.field(default_factory=list)
+    #: Start every agent with ``BASH_ENV`` naming a private 0600 file that is rewritten before
+    #: each prompt with the variables the prompting client's bridge forwarded: the turn's
+    #: values reach the agent's bash tool calls (``tool_env.py``). Off: tools see only the
+    #: agent's own environment.
+    tool_env: bool = True
     #: Whether the history seeded into a brand new agent session (last rung of the restore
     #: ladder) includes the agent's thoughts. Off: they are long and rarely useful as context.
     seed_thoughts: bool = False
@@ -168,6 +179,8 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
+    if data.get("client_profile") == "open-design":
+        data.setdefault("on_client_disconnect", "cancel")
     try:
         config = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
@@ -178,6 +191,8 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Config
         raise ConfigError("no database path: pass --db or set ACP_PROXY_DB")
     if not config.agent_command:
         raise ConfigError("no agent command: put it after `--`, e.g. `-- opencode acp`")
+    if config.env_spares < 0:
+        raise ConfigError("env_spares must be >= 0")
     if config.warm_spares < 0 or config.kill_grace_s < 0 or config.max_line_bytes < 1024:
         raise ConfigError("warm_spares and kill_grace_s must be >= 0, max_line_bytes >= 1024")
     if config.idle_timeout_s < 0 or config.max_live_agents < 1 or config.max_queued_prompts < 0:

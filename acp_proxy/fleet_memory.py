@@ -10,14 +10,20 @@ only measures and compares.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import anyio
 
 from .procmem import read_procs, tree_pss_bytes
 
-__all__ = ["AgentMemoryBudget"]
+__all__ = ["MEMORY_CHECK_S", "AgentMemoryBudget", "FleetMemory"]
 
 _MIB: Final = 1 << 20
+
+
+#: How often the fleet's memory is measured against ``max_agents_memory_mb``.
+MEMORY_CHECK_S: Final = 2.0
 
 
 class AgentMemoryBudget:
@@ -60,3 +66,79 @@ class AgentMemoryBudget:
     def describe(self) -> str:
         """``used of limit MiB`` for messages."""
         return f"{self.used // _MIB} MiB of {self.limit // _MIB} MiB"
+
+
+class FleetMemory:
+    """The pool's enforcement of :class:`AgentMemoryBudget` (a mixin of
+    :class:`~acp_proxy.pool.AgentPool`, which provides the agents and the eviction hook)."""
+
+    budget: AgentMemoryBudget | None
+    hosts: dict[Any, Any]
+    spares: list[Any]
+    memory_stops: dict[str, int]
+    log: Any
+    _slot_freed: anyio.Event
+
+    _make_room: Callable[[str], Any]
+
+    def agent_pids(self) -> dict[int, str]:
+        """Every live agent's pid and role (``session`` | ``spare``)."""
+        pids = {a.pid: "session" for a in self.hosts if a.pid is not None and a.alive}
+        pids.update({a.pid: "spare" for a in self.spares if a.pid is not None and a.alive})
+        return pids
+
+    def _memory_fits(self, *, measure: bool = False) -> bool:
+        budget = self.budget
+        if budget is None:
+            return True
+        if measure:
+            budget.measure(self.agent_pids())
+        return budget.fits_new()
+
+    def enforce_memory(self) -> None:
+        """One look at the fleet: while over budget, stop spares, then the least recently
+        used idle agents (never one in a turn). Logged; counted in :attr:`memory_stops`."""
+        budget = self.budget
+        if budget is None:
+            return
+        budget.measure(self.agent_pids())
+        excess = budget.excess
+        if not excess:
+            return
+        stopped: list[dict[str, Any]] = []
+        while excess > 0 and self.spares:
+            agent = self._stop_spare_for_memory()
+            excess -= budget.usage.get(agent.pid or 0, 0)
+            stopped.append({"pid": agent.pid, "role": "spare"})
+        while excess > 0:  # bounded: each round stops one more agent, or ends the loop
+            evicted = self._make_room("memory")
+            if evicted is None:
+                break
+            excess -= budget.usage.get(evicted.pid or 0, 0)
+            stopped.append({"pid": evicted.pid, "role": "session"})
+            self.memory_stops["session"] += 1
+        self.log.warning(
+            "agents.over_memory_budget",
+            used_bytes=budget.used,
+            limit_bytes=budget.limit,
+            stopped=stopped,
+            still_over_bytes=max(0, excess),
+        )
+        if stopped:
+            self._slot_freed.set()  # a request waiting for memory looks again
+            self._slot_freed = anyio.Event()
+
+    def _stop_spare_for_memory(self) -> Any:
+        agent = self.spares.pop()
+        agent.stop()
+        self.memory_stops["spare"] += 1
+        self.log.info("agent.spare_stopped", reason="max_agents_memory_mb", agent_pid=agent.pid)
+        return agent
+
+    async def watch_memory(self) -> None:
+        """Enforce the memory budget every ``MEMORY_CHECK_S`` (runs until cancelled)."""
+        if self.budget is None:
+            return
+        while True:
+            await anyio.sleep(MEMORY_CHECK_S)
+            self.enforce_memory()

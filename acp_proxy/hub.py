@@ -42,6 +42,7 @@ from .protocol import (
     object_members,
 )
 from .session import STATE_KINDS, Session
+from .stderr_relay import StderrRelay
 
 __all__ = ["Hub"]
 
@@ -65,6 +66,8 @@ class Hub:
         self.pool = AgentPool(config, tg, store, make_room=self._make_room)
         #: leases across replicas (PostgreSQL); off for one proxy on SQLite
         self.ownership = Ownership(store, tg, busy=self._busy, on_lost=self._on_lease_lost)
+        self.stderr = StderrRelay()
+        self.pool.on_stderr = self._relay_stderr
         #: metrics hooks (``metrics.Metrics`` when serving): a turn ended, a restore's rung
         self.on_turn: Callable[[str, dict[str, Any]], None] = lambda outcome, timings: None
         self.on_restored: Callable[[str], None] = lambda rung: None
@@ -82,10 +85,22 @@ class Hub:
         )
         session.on_idle = self.pool.room_changed
         session.release_agent = lambda s, agent: self.pool.leave(agent, s)
-        session.observe_turn = lambda outcome, timings: self.on_turn(outcome, timings)
+        session.observe_turn = lambda outcome, timings: self._turn_ended(session, outcome, timings)
         self.owners[session.id] = owner
         self.tg.start_soon(owner.run, name=f"owner {session.id}")
         return owner
+
+    def _relay_stderr(self, agent: AgentProcess, line: str) -> None:
+        """An agent's stderr line goes to the bridges of the one conversation in a turn on
+        it; a shared process with several turns running cannot say whose it is: not sent."""
+        host = self.pool.hosts.get(agent)
+        in_turn = [t for t in host.tenants if isinstance(t, Session) and t.turn] if host else []
+        if len(in_turn) == 1:
+            self.stderr.relay(in_turn[0], line)
+
+    def _turn_ended(self, session: Session, outcome: str, timings: dict[str, Any]) -> None:
+        self.pool.tool_env.clear(session.agent)  # the turn's values (a run's token) go
+        self.on_turn(outcome, timings)
 
     def _on_created(self, session: Session) -> None:
         self.sessions[session.id] = session

@@ -270,6 +270,8 @@ async def _run_turn(
             # the turn is sent or ended, never left half started.
             with anyio.CancelScope(shield=True):
                 await pending.wait()
+        # The values of the bridge that sent this prompt are what this turn's tools see.
+        hub.pool.tool_env.write(session.agent, client.env)
         user_last_seq = session.forward_prompt(req)
     finally:
         if waiter is not None:
@@ -448,8 +450,6 @@ async def run_guarded(
             "holding the proxy's database, then retry",
             {"kind": "store_failed", "method": req.method},
         )
-    except AgentRefused as exc:
-        client.send_error(req.id, exc.code, exc.message, raw=exc.raw)
     except ProtocolError as exc:
         if hub.config.client_profile == "open-design" and _is_lost_session(req, exc):
             # The daemon drops its handle on resume_failed and re-runs the turn with its
@@ -466,14 +466,19 @@ async def run_guarded(
                 },
             )
             return
+        if isinstance(exc, AgentRefused):
+            client.send_error(req.id, exc.code, exc.message, raw=exc.raw)
+            return
         client.send_error(req.id, exc.code, exc.message, exc.data)
 
 
 def _is_lost_session(req: Request, exc: ProtocolError) -> bool:
-    """An unknown session, or one no rung of the restore ladder could bring back."""
-    return req.method in ("session/load", "session/resume", "session/prompt") and (
-        exc.code == RESOURCE_NOT_FOUND
-    )
+    """A load or resume that cannot attach, whatever the reason (wrong cwd, unknown session,
+    no rung of the restore ladder worked): the daemon takes any other load error as final and
+    keeps its handle. A prompt only for an unknown or unrestorable session."""
+    if req.method in ("session/load", "session/resume"):
+        return True
+    return req.method == "session/prompt" and exc.code == RESOURCE_NOT_FOUND
 
 
 #: Slow handlers (they may spawn an agent) run beside the connection's reader.

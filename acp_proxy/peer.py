@@ -37,6 +37,8 @@ class Peer(Protocol):
     inflight: dict[RequestId, tuple[AgentProcess, int]]
     #: the sessions this client is attached to (detached when it goes)
     sessions: set[Any]
+    #: relay the agent's stderr during turns (``_acp-proxy/stderr``): asked by ``attach``
+    wants_stderr: bool
 
     @property
     def closed(self) -> bool:

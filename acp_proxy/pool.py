@@ -23,12 +23,20 @@ With ``max_agents_memory_mb``, a new agent process also has to fit in the memory
 (``budget.py``): idle agents are asked to make room as for the slots, and the request fails
 with ``kind: "memory_budget"`` when none became free in time. :meth:`AgentPool.watch_memory`
 stops spares, then the least recently used idle agents, while the fleet is over budget.
+
+Spares run with the proxy's own environment, so with ``per_process_env`` every new
+conversation would start a cold agent. The pool therefore also keeps one spare per set of
+per-process values seen recently (``env_spares`` sets, least recently used dropped): a new
+conversation in a known workspace takes a warm agent. These take a ``max_live_agents`` slot
+each, are started only when a slot is free, and are the first thing stopped when a
+conversation needs a slot.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -45,14 +53,14 @@ from .agent_env import agent_environment
 from .client_auth import AgentStartError, ClientAuth
 from .config import Config
 from .demux import AgentSessions, Tenant
-from .fleet_memory import AgentMemoryBudget
+from .env_spares import EnvKey, EnvSpares
+from .fleet_memory import AgentMemoryBudget, FleetMemory
 from .logs import get_logger
 from .protocol import INTERNAL_ERROR, ErrorResponse, Response
+from .tool_env import ToolEnv
 
 __all__ = ["AgentPool", "AgentStartError", "SetupTimings"]
 
-#: How often the fleet's memory is measured against ``max_agents_memory_mb``.
-MEMORY_CHECK_S: Final = 2.0
 #: How often a request waiting for memory looks again (spares stopping free no slot).
 _MEMORY_WAIT_POLL_S: Final = 0.25
 
@@ -67,7 +75,7 @@ class SetupTimings:
     session_init_ms: float = 0.0
 
 
-class AgentPool(ClientAuth):
+class AgentPool(ClientAuth, FleetMemory, EnvSpares):
     """Spawns agents and keeps ``warm_spares`` of them ready."""
 
     def __init__(
@@ -101,6 +109,16 @@ class AgentPool(ClientAuth):
         #: agents a client authenticated (``authenticate``), kept for that client's next
         #: ``session/new``: never a spare another client could take
         self._held: dict[int, AgentProcess] = {}
+        #: per-process value sets seen recently (least recently used first), each with its
+        #: spare once one is ready; an env spare holds a ``max_live_agents`` slot
+        self.recent_envs: OrderedDict[EnvKey, AgentProcess | None] = OrderedDict()
+        self._env_spares_starting: set[EnvKey] = set()
+        #: per-process variables each agent was started with ({}: the proxy's own)
+        self.process_env: dict[AgentProcess, dict[str, str]] = {}
+        #: every agent's BASH_ENV file: the running turn's variables for its tool processes
+        self.tool_env = ToolEnv()
+        #: called with every line an agent writes to stderr (the hub relays them)
+        self.on_stderr: Callable[[AgentProcess, str], None] = lambda agent, line: None
         self.log = get_logger(component="pool")
 
     def start_spares(self) -> None:
@@ -150,10 +168,16 @@ class AgentPool(ClientAuth):
             stdin_limit_bytes=config.agent_stdin_bytes,
         )
         agent.scoped = bool(env)  # a client's per-process values: never another's spare
+        if config.tool_env:
+            agent.env = {**(agent.env or os.environ), "BASH_ENV": self.tool_env.new_file(agent)}
+        self.process_env[agent] = dict(env or {})
+        agent.exit_callbacks.append(self._forget)
+        agent.on_stderr = lambda agent, line: self.on_stderr(agent, line)
         command = " ".join(config.agent_command)
         try:
             await self.tg.start(agent.run)
         except OSError as exc:
+            self._forget(agent)
             raise AgentStartError(
                 f"cannot start the agent `{command}`: {exc}; check the command after `--`",
                 INTERNAL_ERROR,
@@ -211,9 +235,10 @@ class AgentPool(ClientAuth):
         ``max_live_agents`` and the memory budget.
 
         Spares run with the proxy's own environment: a session that needs per-process values
-        (``env``) gets a fresh agent (or shares one started with the same values). A spare
-        taken for a client that authenticated (``auth``) is authenticated with that client's
-        params; it is never a spare again.
+        (``env``) shares an agent started with the same values, else takes the spare kept for
+        those values if one is ready (it keeps its slot), else a fresh agent; a spare for them
+        is started next, if a slot is free. A spare taken for a client that authenticated
+        (``auth``) is authenticated with that client's params; it is never a spare again.
 
         Raises:
             AgentStartError: no slot or memory freed in time, or the agent could not start.
@@ -223,18 +248,34 @@ class AgentPool(ClientAuth):
         if host is not None:
             host.add(tenant)
             return host, SetupTimings("shared")
+        if env and self.config.env_spares and auth is None:
+            spare = self.recent_envs.pop(key, None)
+            self.recent_envs[key] = None  # most recently used now
+            while len(self.recent_envs) > self.config.env_spares:
+                _old, dropped = self.recent_envs.popitem(last=False)
+                if dropped is not None:
+                    dropped.stop()  # its slot frees when it has exited
+            self.tg.start_soon(self._add_env_spare, key)
+            if spare is not None and spare.alive:
+                return self._host(spare, key, tenant), SetupTimings("spare")
+            if spare is not None:
+                spare.stop()
         await self._reserve_slot(needs_memory=not (self._spare_ready() and not env))
         try:
             agent, setup = await self._take_or_spawn(cwd, env, auth, owner)
         except BaseException:
             self._release_slot()
             raise
+        agent.exit_callbacks.append(self._on_bound_exit)
+        return self._host(agent, key, tenant), setup
+
+    def _host(self, agent: AgentProcess, key: EnvKey, tenant: Tenant) -> AgentSessions:
+        """``agent`` (holding a slot) becomes the process of ``tenant``."""
         host = AgentSessions(agent, key)
         host.add(tenant)
         agent.handler = host
         self.hosts[agent] = host
-        agent.exit_callbacks.append(self._on_bound_exit)
-        return host, setup
+        return host
 
     def _host_with_room(self, cwd: str, key: tuple[tuple[str, str], ...]) -> AgentSessions | None:
         """A live agent with the same environment and a free place: one that bootstrapped
@@ -334,9 +375,9 @@ class AgentPool(ClientAuth):
                         break
                     if short_of == "memory" and self.spares:
                         self._stop_spare_for_memory()  # a conversation before a spare
-                    elif (
-                        self._room_coming < self._waiting
-                        and self._make_room(short_of if short_of == "memory" else "max_live_agents")
+                    elif self._room_coming < self._waiting and (
+                        self._drop_env_spare()
+                        or self._make_room(short_of if short_of == "memory" else "max_live_agents")
                         is not None
                     ):
                         self._room_coming += 1
@@ -383,70 +424,6 @@ class AgentPool(ClientAuth):
             {"kind": "at_capacity", "maxLiveAgents": cap},
         )
 
-    # -- memory ------------------------------------------------------------------------------
-
-    def agent_pids(self) -> dict[int, str]:
-        """Every live agent's pid and role (``session`` | ``spare``)."""
-        pids = {a.pid: "session" for a in self.hosts if a.pid is not None and a.alive}
-        pids.update({a.pid: "spare" for a in self.spares if a.pid is not None and a.alive})
-        return pids
-
-    def _memory_fits(self, *, measure: bool = False) -> bool:
-        budget = self.budget
-        if budget is None:
-            return True
-        if measure:
-            budget.measure(self.agent_pids())
-        return budget.fits_new()
-
-    def enforce_memory(self) -> None:
-        """One look at the fleet: while over budget, stop spares, then the least recently
-        used idle agents (never one in a turn). Logged; counted in :attr:`memory_stops`."""
-        budget = self.budget
-        if budget is None:
-            return
-        budget.measure(self.agent_pids())
-        excess = budget.excess
-        if not excess:
-            return
-        stopped: list[dict[str, Any]] = []
-        while excess > 0 and self.spares:
-            agent = self._stop_spare_for_memory()
-            excess -= budget.usage.get(agent.pid or 0, 0)
-            stopped.append({"pid": agent.pid, "role": "spare"})
-        while excess > 0:  # bounded: each round stops one more agent, or ends the loop
-            evicted = self._make_room("memory")
-            if evicted is None:
-                break
-            excess -= budget.usage.get(evicted.pid or 0, 0)
-            stopped.append({"pid": evicted.pid, "role": "session"})
-            self.memory_stops["session"] += 1
-        self.log.warning(
-            "agents.over_memory_budget",
-            used_bytes=budget.used,
-            limit_bytes=budget.limit,
-            stopped=stopped,
-            still_over_bytes=max(0, excess),
-        )
-        if stopped:
-            self._slot_freed.set()  # a request waiting for memory looks again
-            self._slot_freed = anyio.Event()
-
-    def _stop_spare_for_memory(self) -> AgentProcess:
-        agent = self.spares.pop()
-        agent.stop()
-        self.memory_stops["spare"] += 1
-        self.log.info("agent.spare_stopped", reason="max_agents_memory_mb", agent_pid=agent.pid)
-        return agent
-
-    async def watch_memory(self) -> None:
-        """Enforce the memory budget every ``MEMORY_CHECK_S`` (runs until cancelled)."""
-        if self.budget is None:
-            return
-        while True:
-            await anyio.sleep(MEMORY_CHECK_S)
-            self.enforce_memory()
-
     def _release_slot(self) -> None:
         self.bound -= 1
         self._room_coming = max(0, self._room_coming - 1)
@@ -456,6 +433,10 @@ class AgentPool(ClientAuth):
     def _on_bound_exit(self, agent: AgentProcess) -> None:
         self.hosts.pop(agent, None)
         self._release_slot()
+
+    def _forget(self, agent: AgentProcess) -> None:
+        self.process_env.pop(agent, None)
+        self.tool_env.remove(agent)
 
     def room_changed(self) -> None:
         """A conversation became idle: a waiter may now make room."""
@@ -476,12 +457,13 @@ class AgentPool(ClientAuth):
             return self.agent_info
 
     def stop(self) -> None:
-        """Stop every spare and every agent held for a client."""
-        for agent in [*self.spares, *self._held.values()]:
-            agent.stop()
+        """Stop every spare (per-process ones too) and every agent held for a client."""
+        for agent in [*self.spares, *self._held.values(), *self.recent_envs.values()]:
+            if agent is not None:
+                agent.stop()
 
 
-def _env_key(env: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
+def _env_key(env: dict[str, str] | None) -> EnvKey:
     return tuple(sorted(env.items())) if env else ()
 
 

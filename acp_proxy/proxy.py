@@ -50,6 +50,7 @@ _encoder: Final = msgspec.json.Encoder()
 
 class _EnvParams(msgspec.Struct):
     env: dict[str, str]
+    stderr: bool = False
 
 
 class _CancelParams(msgspec.Struct):
@@ -189,12 +190,12 @@ class Proxy:
     def _handle_notification(self, client: ClientConnection, msg: Notification) -> None:
         if msg.method == ENV_METHOD:
             try:
-                env = msgspec.json.decode(msg.params, type=_EnvParams).env
+                hello = msgspec.json.decode(msg.params, type=_EnvParams)
             except MALFORMED_JSON:
                 client.log.warning("client.bad_env_notification")
                 return
-            client.env = env
-            client.log.info("client.env", names=sorted(env))
+            client.env, client.wants_stderr = hello.env, hello.stderr
+            client.log.info("client.env", names=sorted(hello.env), stderr=hello.stderr)
         elif msg.method == "session/cancel":
             session = self.hub.sessions.get(session_id_of(msg.params) or "")
             if session is not None and may_use(self.config, client.peer_uid, session.record):

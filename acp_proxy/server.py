@@ -38,6 +38,7 @@ from .listener import PeerCredentials, accept_connections, connection_cap, raise
 from .logs import get_logger
 from .metrics import serve_metrics
 from .proxy import Proxy
+from .tool_env import ToolEnv
 
 __all__ = ["SocketInUseError", "StartRefused", "redact_db", "replica_id", "serve"]
 
@@ -264,46 +265,52 @@ async def _serve(
     owner: str | None,
 ) -> None:
     opened, keep_fd, soft_before = db_state
-    async with listener, anyio.create_task_group() as tg:
-        proxy = Proxy(config, store, tg)
-        store.commit_observer = proxy.metrics.observe_store_commit
-        if config.metrics_address:
-            await tg.start(
-                serve_metrics,
-                config.metrics_address,
-                lambda: proxy.metrics.render(proxy.status()),
+    tool_env: ToolEnv | None = None
+    try:
+        async with listener, anyio.create_task_group() as tg:
+            proxy = Proxy(config, store, tg)
+            tool_env = proxy.hub.pool.tool_env
+            store.commit_observer = proxy.metrics.observe_store_commit
+            if config.metrics_address:
+                await tg.start(
+                    serve_metrics,
+                    config.metrics_address,
+                    lambda: proxy.metrics.render(proxy.status()),
+                )
+            tg.start_soon(_watch_signals, signals, tg, proxy, log)
+
+            async def handle(stream: SocketStream, peer: PeerCredentials | None) -> None:
+                try:
+                    client = proxy.new_client(stream)
+                    client.peer_uid = peer.uid if peer is not None else None
+                    await client.run()
+                except Exception:
+                    # A bug met by one connection ends that connection, not the proxy
+                    # and the other conversations.
+                    log.exception("client.crashed")
+
+            tg.start_soon(accept_connections, listener, handle, tg, config, cap)
+            if keep_fd is not None:
+                tg.start_soon(_watch_database, Path(config.db), opened, keep_fd, log)
+            proxy.hub.pool.start_spares()
+            tg.start_soon(proxy.hub.run_reaper)
+            tg.start_soon(proxy.hub.pool.watch_memory)
+            log.info(
+                "ready",
+                socket=config.socket,
+                db=redact_db(config.db),
+                replica=owner,
+                agent_command=config.agent_command,
+                pid=os.getpid(),
+                max_connections=cap,
+                open_files_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                open_files_limit_was=soft_before,
+                startup_ms=round((time.monotonic() - started) * 1000, 3),
             )
-        tg.start_soon(_watch_signals, signals, tg, proxy, log)
-
-        async def handle(stream: SocketStream, peer: PeerCredentials | None) -> None:
             try:
-                client = proxy.new_client(stream)
-                client.peer_uid = peer.uid if peer is not None else None
-                await client.run()
-            except Exception:
-                # A bug met by one connection ends that connection, not the proxy
-                # and the other conversations.
-                log.exception("client.crashed")
-
-        tg.start_soon(accept_connections, listener, handle, tg, config, cap)
-        if keep_fd is not None:
-            tg.start_soon(_watch_database, Path(config.db), opened, keep_fd, log)
-        proxy.hub.pool.start_spares()
-        tg.start_soon(proxy.hub.run_reaper)
-        tg.start_soon(proxy.hub.pool.watch_memory)
-        log.info(
-            "ready",
-            socket=config.socket,
-            db=redact_db(config.db),
-            replica=owner,
-            agent_command=config.agent_command,
-            pid=os.getpid(),
-            max_connections=cap,
-            open_files_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-            open_files_limit_was=soft_before,
-            startup_ms=round((time.monotonic() - started) * 1000, 3),
-        )
-        try:
-            await anyio.sleep_forever()
-        finally:
-            proxy.hub.shutdown()
+                await anyio.sleep_forever()
+            finally:
+                proxy.hub.shutdown()
+    finally:
+        if tool_env is not None:  # every agent has exited: their environment files go
+            tool_env.close()

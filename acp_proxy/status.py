@@ -46,7 +46,8 @@ def snapshot(hub: Hub, clients: Sized, *, stopping: bool, started: float) -> dic
         idle = round(now - session.last_active, 3)
         entry["idle_s"] = idle if entry["idle_s"] is None else min(idle, entry["idle_s"])
         entry["in_turn"] = entry["in_turn"] or busy
-    for spare in hub.pool.spares:
+    env_spares = [a for a in hub.pool.recent_envs.values() if a is not None]
+    for spare in [*hub.pool.spares, *env_spares]:
         if spare.pid is not None and spare.alive:
             agents[spare.pid] = {
                 "pid": spare.pid,

@@ -33,7 +33,10 @@ Per-turn overrides: when the first prompt block is a text block ``fake:{json obj
 text allowed), its keys override the * knobs for that turn: chunks, chunk_size, thoughts,
 tool_calls, plan, permission, fs_read, crash_after, hang, first_token_delay, chunk_delay,
 ``pause_after`` + ``pause_until`` (after that many message chunks, wait until the file named by
-``pause_until`` exists: at most 60 s, then go on; a test's handle on "mid-turn"), ``done_file``
+``pause_until`` exists: at most 60 s, then go on; a test's handle on "mid-turn"), ``shell`` (a
+command run at the start of the turn through non-interactive ``/bin/bash -c``, like opencode's
+bash tool, so ``$BASH_ENV`` is read; the summary ends ``; shell=<its stdout>``), ``stderr`` (a
+line written to stderr at the start of the turn), ``done_file``
 (created once the prompt's response is written: the agent has sent the whole turn), and
 ``text``, which replaces the filler of the message chunks (split into ``chunks`` pieces). The
 key ``script`` (an array of SessionUpdate objects) makes the turn emit those updates verbatim, in

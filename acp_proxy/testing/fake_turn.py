@@ -91,6 +91,8 @@ class Knobs:
     pause_after: int | None = None
     pause_until: str | None = None
     done_file: str | None = None
+    shell: str | None = None
+    stderr: str | None = None
 
     def override(self, directive: dict[str, Any]) -> Knobs:
         """Return a copy with ``directive``'s keys applied (RpcError -32602 on a bad key/value)."""
@@ -177,6 +179,16 @@ async def _wait_for_file(path: str, limit_s: float = 60.0) -> None:
     # Another process creates the file: there is no event to wait on, and a stat is cheap.
     while not os.path.exists(path) and loop.time() < deadline:  # noqa: ASYNC110, ASYNC240
         await asyncio.sleep(0.01)
+
+
+async def _bash(command: str) -> str:
+    """Run ``command`` the way opencode's bash tool does: non-interactive ``/bin/bash`` with
+    the agent's environment, so bash reads ``$BASH_ENV`` first. Its stdout, stripped."""
+    process = await asyncio.create_subprocess_exec(
+        "/bin/bash", "-c", command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    return out.decode(errors="replace").strip()
 
 
 def _filler(offset: int, size: int) -> str:
@@ -285,6 +297,11 @@ class Turn:
         self._maybe_crash()
         if k.first_token_delay > 0:
             await asyncio.sleep(k.first_token_delay)
+        if k.stderr is not None:
+            sys.stderr.write(k.stderr + "\n")
+            sys.stderr.flush()
+        if k.shell is not None:
+            self.notes.append(f"shell={await _bash(k.shell)}")
         if k.script is not None:
             # Given updates, sent as they are instead of plan, thoughts, tool calls and chunks.
             for update in k.script:
@@ -401,7 +418,7 @@ class Turn:
         perms = [n.removeprefix("permission=") for n in self.notes if n.startswith("permission=")]
         if perms:
             text += "; permission=" + ",".join(perms)
-        return text + "".join("; " + n for n in self.notes if n.startswith("fs="))
+        return text + "".join("; " + n for n in self.notes if n.startswith(("fs=", "shell=")))
 
     def _finish(self) -> dict[str, Any]:
         s = self.session

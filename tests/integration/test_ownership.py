@@ -313,8 +313,10 @@ async def test_an_agent_started_with_a_clients_environment_never_becomes_a_spare
     tmp: Path,
 ) -> None:
     """The agent refuses session/new; the agent that was spawned with this client's
-    per-process variable is stopped, not kept as a spare another client would take."""
-    extra = _config(tmp, 'warm_spares = 1\nper_process_env = ["TENANT"]\n')
+    per-process variable is stopped, not kept as a spare another client would take. (The
+    spare kept for these values, ``env_spares``, is only for clients with the same values:
+    off here, so that any agent left with them would be this one.)"""
+    extra = _config(tmp, 'warm_spares = 1\nenv_spares = 0\nper_process_env = ["TENANT"]\n')
     async with proxy(tmp, "--refuse-new", extra_args=extra) as p, client(p) as c:
         await c.notify("_acp-proxy/env", {"env": {"TENANT": "acme"}})
         refused = await c.request("session/new", {"cwd": str(tmp), "mcpServers": []})

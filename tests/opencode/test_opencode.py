@@ -6,11 +6,14 @@ every process it starts is gone when it ends (the fixture checks, and kills left
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
 import trio
 
+from acp_proxy.testing.client import AcpClient
 from tests.real_agent.model_server import seen
 from tests.real_agent.scenarios import (
     check_agent_killed_after_a_turn,
@@ -23,6 +26,7 @@ from tests.real_agent.scenarios import (
     first_turn,
     session_params,
 )
+from tests.real_agent.world import agent_pid
 
 from .conftest import (
     TEST_LIMIT_S,
@@ -32,6 +36,7 @@ from .conftest import (
     proxy_meta,
     text_of,
 )
+from .fake_model import RUN_COMMAND
 
 pytestmark = [pytest.mark.trio, pytest.mark.opencode, pytest.mark.timeout(240)]
 
@@ -137,3 +142,34 @@ async def test_proxy_start_spawns_one_agent(fresh_opencode: Opencode) -> None:
         async with oc.proxy() as p, client(p) as c:
             assert len(log_lines(p, "agent.spawned")) == 1
             await first_turn(c, oc)
+
+
+async def test_bash_tool_sees_each_turns_forwarded_token(opencode: Opencode) -> None:
+    """Issue 11 item 1 on the real agent: five turns on one opencode process, each from a new
+    ``attach`` bridge forwarding its own ``OD_TOOL_TOKEN``; opencode's bash tool (non-
+    interactive /bin/bash, which reads $BASH_ENV) prints that turn's token every time."""
+    oc = opencode
+    command = f'{RUN_COMMAND} echo "token=$OD_TOOL_TOKEN"'
+    with trio.fail_after(TEST_LIMIT_S * 2):
+        async with oc.proxy() as p:
+            sid, pids = None, set()
+            for turn in range(5):
+                token = f"tok-{turn}-{os.getpid()}"
+                bridge = [
+                    sys.executable, "-m", "acp_proxy", "attach", "--socket", p.socket,
+                    "--forward-env-prefix", "OD_",
+                ]  # fmt: skip
+                env = {**os.environ, "OD_TOOL_TOKEN": token}
+                async with AcpClient.spawn(bridge, env=env) as c:
+                    await c.initialize()
+                    if sid is None:
+                        sid = await c.new_session(oc.cwd)
+                    else:
+                        await c.request("session/resume", {"sessionId": sid, "cwd": oc.cwd})
+                    reply = await c.prompt(sid, command)
+                    assert reply.error is None, reply.error
+                    assert text_of(reply) == f"Tool said: token={token}"
+                assert sid is not None
+                pids.add(agent_pid(p, sid))
+            assert len(pids) == 1  # one warm opencode process served all five
+            assert not log_lines(p, "session.restored")

@@ -10,6 +10,8 @@ Answers are deterministic and make the conversation's continuity observable:
 * an ordinary turn answers ``I have seen N user messages. Last: <text>``, where N counts the
   user's own messages of the conversation the agent sent (agents send the whole conversation
   every turn);
+* when the last user message contains :data:`RUN_COMMAND` followed by a command, the same with
+  that command (the rest of the message);
 * when the last user message contains :data:`RUN_BASH` (and no tool result has come back since),
   the answer is a call of the agent's bash tool running :data:`BASH_COMMAND`; the agent then
   runs it (asking ``session/request_permission`` first when configured so) and sends the result
@@ -35,6 +37,7 @@ __all__ = [
     "BASH_COMMAND",
     "BASH_OUTPUT",
     "RUN_BASH",
+    "RUN_COMMAND",
     "SLOW_CHUNK_DELAY_S",
     "SLOW_REPLY",
     "Answer",
@@ -48,6 +51,7 @@ __all__ = [
 ]
 
 RUN_BASH = "RUN_BASH"
+RUN_COMMAND = "RUN_COMMAND:"  #: followed by a command: the bash tool runs that command
 SLOW_REPLY = "SLOW_REPLY"  #: in the last user message: stream the answer slowly (seconds)
 SLOW_CHUNK_DELAY_S = 0.5
 BASH_OUTPUT = "fake-bash-ran-ok"
@@ -105,17 +109,20 @@ def answer(conv: Conversation) -> Answer:
         return Answer("tool_result", f"Tool said: {conv.tool_result.strip()}")
     users = conv.user_texts
     last = users[-1] if users else ""
-    if RUN_BASH in last:
+    if RUN_BASH in last or RUN_COMMAND in last:
         tools = conv.tool_names
         bash = next((n for n in tools if n.lower() == "bash"), None) or next(
             (n for n in tools if "bash" in n.lower() or "shell" in n.lower()), None
         )
         if bash is None:
             return Answer("turn", f"No bash tool among {tools}")
+        command = BASH_COMMAND
+        if RUN_COMMAND in last:
+            command = last.split(RUN_COMMAND, 1)[1].strip()
         return Answer(
             "tool_call",
             tool_name=bash,
-            tool_input={"command": BASH_COMMAND, "description": "Print a marker"},
+            tool_input={"command": command, "description": "Print a marker"},
         )
     delay = SLOW_CHUNK_DELAY_S if SLOW_REPLY in last else None
     return Answer("turn", seen(len(users), last), delay_s=delay)

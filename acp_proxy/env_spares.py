@@ -1,0 +1,74 @@
+"""Warm spares per recent per-process value set (``env_spares``): with ``per_process_env``
+a new conversation would otherwise start a cold agent. One spare per value set seen
+recently (least recently used dropped), each holding a ``max_live_agents`` slot, started only
+when a slot is free, and the first thing stopped when a conversation needs one. A mixin of
+:class:`~acp_proxy.pool.AgentPool`."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from .agent import AgentProcess
+from .client_auth import AgentStartError
+from .config import Config
+
+__all__ = ["EnvKey", "EnvSpares"]
+
+#: A per-process value set, sorted: the key of its spare (and of agents that may share).
+EnvKey = tuple[tuple[str, str], ...]
+
+
+class EnvSpares:
+    """The spares kept for recent per-process value sets."""
+
+    config: Config
+    bound: int
+    log: Any
+    recent_envs: OrderedDict[EnvKey, AgentProcess | None]
+    _env_spares_starting: set[EnvKey]
+    _release_slot: Callable[[], None]
+    _on_bound_exit: Callable[[AgentProcess], None]
+
+    async def spawn(
+        self, cwd: str | None, env: dict[str, str] | None = None, auth: Any = None
+    ) -> AgentProcess:
+        """Spawn an initialized agent (the pool's)."""
+        raise NotImplementedError
+
+    async def _add_env_spare(self, key: EnvKey) -> None:
+        """Start the spare for a recent per-process value set, if none is there or starting
+        and a slot is free (never waits for one: conversations come first)."""
+        if (
+            key not in self.recent_envs
+            or self.recent_envs[key] is not None
+            or key in self._env_spares_starting
+            or self.bound >= self.config.max_live_agents
+        ):
+            return
+        self.bound += 1
+        self._env_spares_starting.add(key)
+        try:
+            agent = await self.spawn(None, dict(key))
+        except AgentStartError as exc:
+            self._release_slot()
+            self.log.error("agent.env_spare_failed", error=exc.message, data=exc.data)
+            return
+        finally:
+            self._env_spares_starting.discard(key)
+        agent.exit_callbacks.append(self._on_bound_exit)
+        if key in self.recent_envs and self.recent_envs[key] is None:
+            self.recent_envs[key] = agent
+            self.log.info("agent.env_spare_ready", agent_pid=agent.pid, names=[k for k, _ in key])
+        else:  # the value set was dropped meanwhile
+            agent.stop()
+
+    def _drop_env_spare(self) -> bool:
+        """Stop the least recently used env spare (a conversation needs its slot)."""
+        for key, spare in self.recent_envs.items():
+            if spare is not None:
+                self.recent_envs[key] = None
+                spare.stop()
+                return True
+        return False
