@@ -73,12 +73,17 @@ test-lowest: $(UV)
 # needs `make opencode`, section 14 `make claude` first, each skipped without it; section 9 draws
 # its figure with matplotlib, the `bench` extra; section 12 measures the fake agent without it).
 BENCHES := continued_turn restore replay startup overhead throughput bytes_per_turn memory \
-	opencode_turn concurrency agent_memory postgres claude_turn
+	opencode_turn concurrency agent_memory postgres claude_turn fuzz_campaign bridge_startup \
+	workspace_first_turn
 
 bench: $(STAMP)
 	$(UV) sync --quiet --frozen --inexact --extra test --extra bench --no-build-isolation
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b --write BENCHMARKS.md || status=1; done; \
 	$(BIN)/python -m bench.concurrency --think-ms 500 --write BENCHMARKS.md || status=1; \
+	$(BIN)/python -m bench.density --agent fake --conversations 20 --per-agent 1,4,16,32 \
+		--max-processes 6 --write BENCHMARKS.md || status=1; \
+	$(BIN)/python -m bench.density --agent opencode --conversations 20 --per-agent 1,4,16,32 \
+		--max-processes 4 --write BENCHMARKS.md || status=1; \
 	exit $${status:-0}
 
 # PostgreSQL server binaries for the PostgreSQL store tests and bench section 13 (Debian's
