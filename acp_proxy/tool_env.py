@@ -52,6 +52,10 @@ class ToolEnv:
         self.chain = chain if chain is not None else os.environ.get("BASH_ENV")
         self._dir: str | None = None
         self._files: dict[object, str] = {}
+        #: what each file holds now: an unchanged file is not written again (most turns
+        #: forward nothing, and two file writes per turn would cost more than the proxy's
+        #: whole share of a warm turn)
+        self._written: dict[str, bytes] = {}
 
     def _directory(self) -> str:
         if self._dir is None or not os.path.isdir(self._dir):
@@ -86,24 +90,29 @@ class ToolEnv:
         """``agent`` has exited: its file goes."""
         path = self._files.pop(agent, None)
         if path is not None:
+            self._written.pop(path, None)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
     def close(self) -> None:
         """Remove every file and the directory (the proxy is stopping)."""
         self._files.clear()
+        self._written.clear()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
     def _write(self, path: str, env: dict[str, str]) -> None:
         text = render(env, self.chain).encode()
+        if self._written.get(path) == text and os.path.exists(path):
+            return
         tmp = f"{path}.{secrets.token_hex(4)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(text)
             os.replace(tmp, path)  # a shell starting now reads the old file or the new one
+            self._written[path] = text
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
