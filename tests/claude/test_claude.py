@@ -173,7 +173,8 @@ async def test_proxy_restart_then_continued(claude: Claude) -> None:
 
 async def test_replay_after_restore_has_every_line_the_client_saw(claude: Claude) -> None:
     """After a restore, the agent repeats its ``available_commands_update`` before the next
-    prompt; what the attached client got and what a later replay holds are the same."""
+    prompt; what the attached client got and what a later replay holds are the same (in
+    particular no line the client saw is missing from the replay)."""
     cl = claude
     db = str(cl.tmp / "sessions.db")
     with trio.fail_after(TEST_LIMIT_S):
@@ -182,14 +183,10 @@ async def test_replay_after_restore_has_every_line_the_client_saw(claude: Claude
         async with cl.proxy("proxy-2", db=db) as p2, client(p2) as c:
             sessions = (await c.request("session/list", {})).unwrap("session/list")["sessions"]
             sid = sessions[0]["sessionId"]
-            since = len(c.messages)
             loaded = await c.request("session/load", session_params(cl, sid))  # restores: resume
             assert loaded.error is None, loaded.error
-            # The agent's repeat of its commands, after the load's answer, reaches the client.
-            await c.wait_for(
-                lambda m: m.get("params", {}).get("update", {}).get("sessionUpdate") == COMMANDS,
-                since=c.messages.index(next(m for m in c.messages[since:] if "result" in m)),
-            )
+            # The agent repeats its commands after the load's answer: an identical repeat is
+            # neither delivered nor recorded, a changed one is both.
             reply = await c.prompt(sid, "hello two")
             assert text_of(reply) == seen(2, "hello two")
             seen_by_c = c.updates(sid)
