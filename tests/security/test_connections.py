@@ -12,7 +12,7 @@ import trio
 
 from acp_proxy.testing.proxy_process import ProxyHandle
 
-from .conftest import client, proxy, summary
+from .conftest import client, eventually, proxy, summary
 
 pytestmark = [
     pytest.mark.trio,
@@ -75,6 +75,8 @@ async def test_connections_over_max_connections_are_refused_and_serve_goes_on(tm
     async with proxy(
         tmp, extra_args=("--config", str(config)), prefix=("prlimit", "--nofile=128:128")
     ) as p:
+        # The socket may accept before the `ready` line is written: wait for the line.
+        await eventually(lambda: any(e["event"] == "ready" for e in p.logs()))
         ready = next(e for e in p.logs() if e["event"] == "ready")
         cap = ready["max_connections"]
         assert ready["open_files_limit"] == 128
