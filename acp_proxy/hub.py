@@ -14,7 +14,6 @@ sends ``session/new`` and one prompt, then leaves without ``session/close``) has
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -333,8 +332,3 @@ def _not_found(sid: str, why: str) -> LocalProtocolError:
     return LocalProtocolError(
         f"Resource not found: session {sid} {why}", RESOURCE_NOT_FOUND, {"sessionId": sid}
     )
-
-
-def is_absolute_cwd(cwd: Any) -> bool:
-    """``cwd`` is an absolute path string (what ACP requires)."""
-    return isinstance(cwd, str) and os.path.isabs(cwd)

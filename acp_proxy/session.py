@@ -76,7 +76,6 @@ from .turn import (
 __all__ = ["STATE_KINDS", "Session"]
 
 _encoder: Final = msgspec.json.Encoder()
-_any_decoder: Final = msgspec.json.Decoder()
 _blocks_decoder: Final = msgspec.json.Decoder(list[Raw])
 _UPDATE_LINE_PREFIX: Final = b'{"jsonrpc":"2.0","method":"session/update","params":'
 
