@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MB",
         help="memory budget of all agent process trees, spares included (default 0: none)",
     )
+    serve.add_argument(
+        "--preopen-sessions",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="spares open a session ahead in the last used directory (default: on)",
+    )
     serve.add_argument("agent", nargs=argparse.REMAINDER, help="-- AGENT_COMMAND [ARGS...]")
     sessions_cli.add_parser(sub, os.environ.get("ACP_PROXY_DB"))
     ops_cli.add_parsers(sub, os.environ.get("ACP_PROXY_SOCKET"))
@@ -150,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             allowed_uids=args.allow_uid,
             max_sessions_per_agent=args.max_sessions_per_agent,
             max_agents_memory_mb=args.max_agents_memory_mb,
+            preopen_sessions=args.preopen_sessions,
             per_process_env=[n.strip() for n in args.per_process_env.split(",") if n.strip()]
             if args.per_process_env
             else None,

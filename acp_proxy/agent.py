@@ -289,6 +289,11 @@ class AgentProcess(AgentCalls):
             with anyio.CancelScope(shield=True):
                 await self._decided_send.send((pending, batch))
 
+    async def feed(self, lines: list[bytes]) -> None:
+        """Handle ``lines`` as if the agent had just written them (what it said about a
+        session before that session had a conversation: see ``preopen.py``)."""
+        await self._process(list(lines))
+
     def _submit(self, batch: Batch) -> PendingCommit | None:
         if not batch.ops:
             return None

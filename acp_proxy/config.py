@@ -118,6 +118,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: each (a new conversation in a known workspace starts warm). Each holds a
     #: ``max_live_agents`` slot while idle, and is stopped first when a conversation needs one.
     env_spares: int = 4
+    #: Every warm spare opens one session ahead in the directory conversations with its
+    #: environment used last, so a new conversation there (``session/new`` with no MCP
+    #: servers) is answered at once, without the agent's per-directory bootstrap
+    #: (``preopen.py``). Unused ones are resumed by the next spare, never piled up.
+    preopen_sessions: bool = True
     #: Environment variables that belong to one agent *process* (billing, tracing): when a
     #: client (through ``acp-proxy attach --forward-env``) brings other values, the agent is
     #: restarted through the restore ladder, so a turn never runs under another turn's values.

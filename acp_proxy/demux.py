@@ -20,7 +20,7 @@ Nothing here awaits or knows the store: tenants decide, the agent transport does
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Final, Protocol
 
@@ -38,7 +38,7 @@ from .protocol import (
     object_members,
 )
 
-__all__ = ["AgentSessions", "Tenant"]
+__all__ = ["AgentSessions", "Tenant", "with_room"]
 
 #: Agent session ids of departed tenants remembered per process.
 _DEPARTED_KEPT: Final = 1024
@@ -109,6 +109,11 @@ class AgentSessions:
         self._departed.pop(upstream_id, None)  # restored onto this process again
         if cwd is not None:
             self.cwds.add(cwd)
+
+    def ignore(self, upstream_id: str) -> None:
+        """What the agent says under ``upstream_id`` (a session no tenant uses) is dropped."""
+        if upstream_id not in self._by_upstream:
+            self._departed[upstream_id] = None
 
     def remove(self, tenant: Tenant) -> list[str]:
         """``tenant`` leaves; returns the agent session ids it held here."""
@@ -192,6 +197,23 @@ class AgentSessions:
         """The process ended: every tenant loses its agent (each restores on next use)."""
         for tenant in list(self.tenants):
             tenant.on_agent_exit(agent, batch)
+
+
+def with_room(
+    hosts: Iterable[AgentSessions], key: tuple[tuple[str, str], ...], room: int, cwd: str = ""
+) -> AgentSessions | None:
+    """A live process with environment ``key`` and fewer than ``room`` tenants: one that
+    bootstrapped ``cwd`` first, then the fullest (conversations packed, fewer processes)."""
+    if room <= 1:
+        return None
+    fits = [
+        h
+        for h in hosts
+        if h.agent.alive and not h.evicting and h.env_key == key and 0 < len(h) < room
+    ]
+    if not fits:
+        return None
+    return max(fits, key=lambda h: (cwd in h.cwds, len(h)))
 
 
 def _session_id(params: Raw) -> str | None:

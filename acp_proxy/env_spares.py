@@ -30,6 +30,8 @@ class EnvSpares:
     _env_spares_starting: set[EnvKey]
     _release_slot: Callable[[], None]
     _on_bound_exit: Callable[[AgentProcess], None]
+    _has_room: Callable[[EnvKey], bool]
+    preopen: Callable[[AgentProcess, EnvKey], None]
 
     async def spawn(
         self, cwd: str | None, env: dict[str, str] | None = None, auth: Any = None
@@ -45,6 +47,7 @@ class EnvSpares:
             or self.recent_envs[key] is not None
             or key in self._env_spares_starting
             or self.bound >= self.config.max_live_agents
+            or self._has_room(key)  # a process with these values has a free place
         ):
             return
         self.bound += 1
@@ -61,6 +64,7 @@ class EnvSpares:
         if key in self.recent_envs and self.recent_envs[key] is None:
             self.recent_envs[key] = agent
             self.log.info("agent.env_spare_ready", agent_pid=agent.pid, names=[k for k, _ in key])
+            self.preopen(agent, key)
         else:  # the value set was dropped meanwhile
             agent.stop()
 

@@ -56,7 +56,7 @@ _KIND_BY_CODE: Final = {
     AGENT_EXITED: "agent_exited",
     PROXY_STOPPING: "proxy_stopping",
 }
-_AGENT_KINDS: Final = frozenset({"warm", "spare", "cold", "shared"})
+_AGENT_KINDS: Final = frozenset({"warm", "spare", "preopened", "cold", "shared"})
 #: Longest HTTP request head accepted from a scraper.
 _MAX_REQUEST_BYTES: Final = 8192
 #: A scraper that has not sent its request line by then is dropped.
@@ -64,7 +64,7 @@ _REQUEST_TIMEOUT_S: Final = 5.0
 
 
 def agent_label(agent: str) -> str:
-    """``warm`` | ``spare`` | ``cold`` | ``shared`` | ``restored`` (every
+    """``warm`` | ``spare`` | ``preopened`` | ``cold`` | ``shared`` | ``restored`` (every
     ``restored:<rung>``)."""
     if agent in _AGENT_KINDS:
         return agent

@@ -239,9 +239,15 @@ class SessionOwner:
             stored = True
             session.agent = agent
             started = time.monotonic()
+            prepared = self.pool.claim_preopened(agent, session.record.cwd, params)
             async with host.binding_of(session):  # one bind at a time on a shared process
                 try:
-                    result = await agent.call("session/new", params)
+                    result = await self.pool.preopened_result(prepared) if prepared else None
+                    if result is None:
+                        prepared = None
+                        result = await agent.call("session/new", params)
+                    else:
+                        setup.agent = "preopened"  # a spare, and its session opened ahead
                 except AgentError as exc:
                     raise AgentRefused(exc.reply.code, exc.reply.message, exc.reply.error) from None
                 except AgentExited as exc:
@@ -254,6 +260,8 @@ class SessionOwner:
                         "the agent answered session/new without a sessionId", INTERNAL_ERROR
                     )
                 host.route(upstream, session, session.record.cwd)
+                if prepared is not None:  # what the agent said about it before: now its own
+                    await agent.feed(prepared.lines)
             setup.session_init_ms = (time.monotonic() - started) * 1000
             session.upstream_id = upstream
             session.record = msgspec.structs.replace(session.record, upstream_session_id=upstream)

@@ -52,10 +52,11 @@ from .agent import UNBOUND, AgentError, AgentExited, AgentProcess, Batch
 from .agent_env import agent_environment
 from .client_auth import AgentStartError, ClientAuth
 from .config import Config
-from .demux import AgentSessions, Tenant
+from .demux import AgentSessions, Tenant, with_room
 from .env_spares import EnvKey, EnvSpares
 from .fleet_memory import AgentMemoryBudget, FleetMemory
 from .logs import get_logger
+from .preopen import Preopening
 from .protocol import INTERNAL_ERROR, ErrorResponse, Response
 from .tool_env import ToolEnv
 
@@ -69,13 +70,13 @@ _MEMORY_WAIT_POLL_S: Final = 0.25
 class SetupTimings:
     """How the agent behind a session was obtained, reported on the next turn."""
 
-    #: ``warm`` | ``spare`` | ``cold`` | ``shared`` | ``restored:<rung>``
+    #: ``warm`` | ``spare`` | ``preopened`` | ``cold`` | ``shared`` | ``restored:<rung>``
     agent: str = "warm"
     cli_ready_ms: float = 0.0
     session_init_ms: float = 0.0
 
 
-class AgentPool(ClientAuth, FleetMemory, EnvSpares):
+class AgentPool(ClientAuth, FleetMemory, EnvSpares, Preopening):
     """Spawns agents and keeps ``warm_spares`` of them ready."""
 
     def __init__(
@@ -120,6 +121,7 @@ class AgentPool(ClientAuth, FleetMemory, EnvSpares):
         #: called with every line an agent writes to stderr (the hub relays them)
         self.on_stderr: Callable[[AgentProcess, str], None] = lambda agent, line: None
         self.log = get_logger(component="pool")
+        self._init_preopening()
 
     def start_spares(self) -> None:
         """Pre-spawn the configured number of warm spare agents."""
@@ -127,6 +129,8 @@ class AgentPool(ClientAuth, FleetMemory, EnvSpares):
             self.tg.start_soon(self._add_spare)
 
     async def _add_spare(self) -> None:
+        if self._has_room(()):
+            return  # a new conversation takes a place there: a spare would only cost memory
         if not self._memory_fits(measure=True):
             self.log.warning(
                 "agent.spare_skipped",
@@ -145,6 +149,7 @@ class AgentPool(ClientAuth, FleetMemory, EnvSpares):
             self._spare_settled.set()
             self._spare_settled = anyio.Event()
         self.spares.append(agent)
+        self.preopen(agent, ())
 
     async def spawn(
         self, cwd: str | None, env: dict[str, str] | None = None, auth: Raw | None = None
@@ -247,6 +252,8 @@ class AgentPool(ClientAuth, FleetMemory, EnvSpares):
         host = self._host_with_room(cwd, key) if auth is None else None
         if host is not None:
             host.add(tenant)
+            self._replenish_if_full(key)
+            self.note_dir(key, cwd)
             return host, SetupTimings("shared")
         if env and self.config.env_spares and auth is None:
             spare = self.recent_envs.pop(key, None)
@@ -257,6 +264,7 @@ class AgentPool(ClientAuth, FleetMemory, EnvSpares):
                     dropped.stop()  # its slot frees when it has exited
             self.tg.start_soon(self._add_env_spare, key)
             if spare is not None and spare.alive:
+                self.note_dir(key, cwd)  # (the spare is taken: the next one opens ahead)
                 return self._host(spare, key, tenant), SetupTimings("spare")
             if spare is not None:
                 spare.stop()
@@ -267,6 +275,8 @@ class AgentPool(ClientAuth, FleetMemory, EnvSpares):
             self._release_slot()
             raise
         agent.exit_callbacks.append(self._on_bound_exit)
+        if auth is None:
+            self.note_dir(key, cwd)
         return self._host(agent, key, tenant), setup
 
     def _host(self, agent: AgentProcess, key: EnvKey, tenant: Tenant) -> AgentSessions:
@@ -277,20 +287,30 @@ class AgentPool(ClientAuth, FleetMemory, EnvSpares):
         self.hosts[agent] = host
         return host
 
-    def _host_with_room(self, cwd: str, key: tuple[tuple[str, str], ...]) -> AgentSessions | None:
-        """A live agent with the same environment and a free place: one that bootstrapped
-        ``cwd`` first, then the fullest (conversations packed, fewer processes)."""
-        room = self.config.max_sessions_per_agent
-        if room <= 1:
-            return None
-        fits = [
-            h
-            for h in self.hosts.values()
-            if h.agent.alive and not h.evicting and h.env_key == key and 0 < len(h) < room
-        ]
-        if not fits:
-            return None
-        return max(fits, key=lambda h: (cwd in h.cwds, len(h)))
+    def _host_with_room(self, cwd: str, key: EnvKey) -> AgentSessions | None:
+        return with_room(self.hosts.values(), key, self.config.max_sessions_per_agent, cwd)
+
+    def _has_room(self, key: EnvKey) -> bool:
+        """Whether a live process with environment ``key`` has a free place."""
+        return with_room(self.hosts.values(), key, self.config.max_sessions_per_agent) is not None
+
+    def _replenish_if_full(self, key: EnvKey) -> None:
+        """The last free place of ``key``'s processes was just taken: the spare skipped while
+        there was room is started now."""
+        if self._has_room(key):
+            return
+        if key == ():
+            if len(self.spares) + self._spares_starting < self.config.warm_spares:
+                self.tg.start_soon(self._add_spare)
+        elif key in self.recent_envs:
+            self.tg.start_soon(self._add_env_spare, key)
+
+    def _idle_spares(self, key: EnvKey) -> list[AgentProcess]:
+        """The ready spares with environment ``key``."""
+        if key == ():
+            return [agent for agent in self.spares if agent.alive]
+        spare = self.recent_envs.get(key)
+        return [spare] if spare is not None and spare.alive else []
 
     def _spare_ready(self) -> bool:
         return any(agent.alive for agent in self.spares)
@@ -353,6 +373,7 @@ class AgentPool(ClientAuth, FleetMemory, EnvSpares):
                 self._release_slot()
             agent.handler = UNBOUND
             self.spares.append(agent)
+            self.preopen(agent, ())
         else:
             agent.stop()  # its slot frees once it has exited (_on_bound_exit)
         return True
@@ -435,6 +456,7 @@ class AgentPool(ClientAuth, FleetMemory, EnvSpares):
         self._release_slot()
 
     def _forget(self, agent: AgentProcess) -> None:
+        self.forget_preopened(agent)
         self.process_env.pop(agent, None)
         self.tool_env.remove(agent)
 

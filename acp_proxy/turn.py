@@ -47,7 +47,7 @@ class Turn:
     client_id: RequestId
     received_at: float  #: monotonic, prompt read from the client
     started_wall: float  #: epoch seconds
-    agent: str  #: ``warm`` | ``cold`` | ``restored:<rung>``
+    agent: str  #: how its agent was obtained (``SetupTimings.agent``)
     queue_ms: float = 0.0
     cli_ready_ms: float = 0.0
     session_init_ms: float = 0.0

@@ -394,10 +394,11 @@ async def test_new_conversation_in_a_known_workspace_is_warm(tmp: Path, real_bin
         async with client(p) as c:  # status lists it: the plain spare and ws1's
             status = (await c.request("_acp-proxy/status", {})).unwrap()
             assert sum(a["role"] == "spare" for a in status["agents"]) == 2
-        assert (await _new_conversation(p, real_binary, "ws1", str(tmp)))[0] == "spare"
+        # (that spare opened a session ahead in the workspace's directory, too)
+        assert (await _new_conversation(p, real_binary, "ws1", str(tmp)))[0] == "preopened"
         assert (await _new_conversation(p, real_binary, "ws2", str(tmp)))[0] == "cold"
         await eventually(lambda: _spares_ready(p) == 3)  # ws1 replaced, ws2 new
-        assert (await _new_conversation(p, real_binary, "ws2", str(tmp)))[0] == "spare"
+        assert (await _new_conversation(p, real_binary, "ws2", str(tmp)))[0] == "preopened"
 
 
 async def test_workspace_spares_count_against_max_live_agents(tmp: Path, real_binary: str) -> None:
