@@ -12,12 +12,15 @@ restarts the agent).
 
 The files hold secrets: they live in a private directory (0700), each file is 0600 and
 replaced atomically, emptied when the turn ends, removed when the agent exits, and the
-directory is removed when the proxy stops. Values are never logged.
+directory is removed when the proxy stops. A proxy that could not clean up (killed) leaves
+its directory behind: each directory holds a lock (``flock``) for its proxy's lifetime, and a
+proxy creating its own removes every one whose lock is free. Values are never logged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import secrets
@@ -26,8 +29,10 @@ import shutil
 import tempfile
 from typing import Final
 
-__all__ = ["ToolEnv", "render"]
+__all__ = ["ToolEnv", "render", "sweep"]
 
+_PREFIX: Final = "acp-proxy-env-"
+_LOCK: Final = ".lock"
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _HEADER: Final = "# acp-proxy: the running turn's environment for tool processes (BASH_ENV)\n"
 
@@ -51,6 +56,7 @@ class ToolEnv:
         #: the proxy's own BASH_ENV, if it had one: still read by the agents' shells
         self.chain = chain if chain is not None else os.environ.get("BASH_ENV")
         self._dir: str | None = None
+        self._lock: int | None = None  #: held (flock) while the directory is in use
         self._files: dict[object, str] = {}
         #: what each file holds now: an unchanged file is not written again (most turns
         #: forward nothing, and two file writes per turn would cost more than the proxy's
@@ -60,10 +66,25 @@ class ToolEnv:
     def _directory(self) -> str:
         if self._dir is None or not os.path.isdir(self._dir):
             base = os.environ.get("XDG_RUNTIME_DIR")
-            self._dir = tempfile.mkdtemp(
-                prefix="acp-proxy-env-", dir=base if base and os.path.isdir(base) else None
-            )  # mode 0700
+            parent = base if base and os.path.isdir(base) else tempfile.gettempdir()
+            sweep(parent)
+            self._release_lock()
+            directory = tempfile.mkdtemp(prefix=_PREFIX, dir=parent)  # mode 0700
+            # Locked before it has its name: a sweeper never sees it unlocked.
+            fd = os.open(
+                os.path.join(directory, f"{_LOCK}.new"),
+                os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+                0o600,
+            )
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(os.path.join(directory, f"{_LOCK}.new"), os.path.join(directory, _LOCK))
+            self._dir, self._lock = directory, fd
         return self._dir
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def new_file(self, agent: object) -> str:
         """Create ``agent``'s (empty) file; returns its path, for ``BASH_ENV``."""
@@ -101,6 +122,7 @@ class ToolEnv:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+        self._release_lock()
 
     def _write(self, path: str, env: dict[str, str]) -> None:
         text = render(env, self.chain).encode()
@@ -117,3 +139,34 @@ class ToolEnv:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def sweep(parent: str) -> list[str]:
+    """Remove the environment directories in ``parent`` whose proxy is gone (its lock is
+    free: it was killed and could not clean up); returns them. Directories of other users,
+    of running proxies, and without a lock (older versions, or being created) stay."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            if not entry.name.startswith(_PREFIX) or not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            fd = os.open(
+                os.path.join(entry.path, _LOCK), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+            )
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its proxy is running
+        finally:
+            os.close(fd)  # (closing drops the lock taken, if any)
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed

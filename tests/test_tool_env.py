@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from acp_proxy.stderr_relay import StderrLimiter
@@ -43,6 +45,51 @@ def test_files_are_private_replaced_and_removed() -> None:
     directory = os.path.dirname(path)
     tool_env.close()
     assert not os.path.exists(directory)
+
+
+_HOLDER = """
+import sys, time
+from acp_proxy.tool_env import ToolEnv
+print(ToolEnv(chain="").new_file(object()), flush=True)
+time.sleep(60)
+"""
+
+
+def _holder(parent: Path) -> tuple[subprocess.Popen[str], str]:
+    """A process that made its environment directory in ``parent`` and keeps running."""
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(parent)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert child.stdout is not None
+    return child, os.path.dirname(child.stdout.readline().strip())
+
+
+def test_a_killed_proxys_directory_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    """A proxy killed with SIGKILL cannot remove its directory; the next one to create its
+    own removes it, and never the directory of one still running."""
+    killed, killed_dir = _holder(tmp_path)
+    running, running_dir = _holder(tmp_path)
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(10)
+        assert os.path.isdir(killed_dir)
+        os.makedirs(tmp_path / "acp-proxy-env-older")  # no lock (an older version): kept
+        env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)}
+        subprocess.run(
+            [sys.executable, "-c", "from acp_proxy.tool_env import ToolEnv\n"
+             "t = ToolEnv(chain=''); t.new_file(object()); t.close()"],
+            env=env, check=True, timeout=30,
+        )  # fmt: skip
+        assert not os.path.exists(killed_dir)
+        assert os.path.isdir(running_dir)
+        assert os.path.isdir(tmp_path / "acp-proxy-env-older")
+    finally:
+        for child in (killed, running):
+            child.kill()
+            child.wait(10)
+            assert child.stdout is not None
+            child.stdout.close()
 
 
 def test_stderr_limiter_bounds_rate_and_size() -> None:
