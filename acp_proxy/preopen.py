@@ -293,7 +293,8 @@ class Preopening:
             self.unused_preopened.popitem(last=False)
 
     def forget_preopened(self, agent: AgentProcess) -> None:
-        """``agent`` exited: its unclaimed pre-opened session is remembered as unused."""
+        """``agent`` exited, or a restore took it: its unclaimed pre-opened session is
+        remembered as unused (and what the agent says about it is dropped)."""
         self._abandon(agent)
 
 

@@ -161,6 +161,7 @@ async def restore_session(
             await _settle_unfinished_turn(session.store, session)
         host, setup = await pool.acquire(session.record.cwd, session.env, session, auth)
         agent = session.agent = host.agent
+        pool.forget_preopened(agent)  # a spare's session opened ahead is not this one's
         session.drained = 0
         params = _bind_params(session, mcp_servers, additional_directories)
         async with host.binding_of(session):  # one bind at a time on a shared process
