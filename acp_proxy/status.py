@@ -6,7 +6,7 @@ needed); the metrics gauges read the same snapshot. The answer::
     {"version", "pid", "uptime_s", "stopping", "clients",
      "sessions": {"known", "live", "in_turn"},
      "agents": [{"pid", "role": "session" | "spare", "rss_bytes", "sessions", "idle_s",
-                 "in_turn"}],
+                 "in_turn", "preopened" (a spare's session opened ahead: its cwd, or None)}],
      "agent_memory_bytes", "agent_memory_limit_bytes" (0: no budget),
      "agents_stopped_for_memory": {"spare", "session"}}
 """
@@ -49,7 +49,9 @@ def snapshot(hub: Hub, clients: Sized, *, stopping: bool, started: float) -> dic
     env_spares = [a for a in hub.pool.recent_envs.values() if a is not None]
     for spare in [*hub.pool.spares, *env_spares]:
         if spare.pid is not None and spare.alive:
+            ahead = hub.pool.preopened.get(spare)
             agents[spare.pid] = {
+                "preopened": ahead.cwd if ahead is not None and ahead.usable else None,
                 "pid": spare.pid,
                 "role": "spare",
                 "sessions": 0,
@@ -104,6 +106,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"{agent['pid']:>8}  {agent['role']:<8} {_size(agent['rss_bytes']):>9}  "
             f"{agent['sessions']:>8}  {_duration(agent['idle_s']):>7}  "
             f"{'yes' if agent['in_turn'] else 'no'}"
+            + (f"  (session open ahead in {agent['preopened']})" if agent.get("preopened") else "")
         )
     if not status["agents"]:
         lines.append(f"{'(no agent running)':>26}")

@@ -37,6 +37,9 @@ async def test_a_new_conversation_takes_the_session_its_spare_opened_ahead(tmp: 
         await eventually(lambda: len(_events(p, "agent.preopened")) == 1)
         [ahead] = _events(p, "agent.preopened")
         assert ahead["cwd"] == str(tmp) and ahead["reused"] is False
+        status = (await c.request("_acp-proxy/status", {})).unwrap()
+        [spare] = [a for a in status["agents"] if a["role"] == "spare"]
+        assert spare["pid"] == ahead["agent_pid"] and spare["preopened"] == str(tmp)
 
         second = await c.new_session(str(tmp))
         reply = await c.prompt(second, "hello")

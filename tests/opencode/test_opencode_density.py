@@ -88,3 +88,28 @@ async def test_two_conversations_on_one_process_and_its_crash_restores_both(
             [retired] = log_lines(p, "session.retired")
             assert retired["agent_stopped"] is False
             os.kill(new_pid, 0)  # still running
+
+
+async def test_a_new_conversation_takes_a_session_opened_ahead(opencode: Opencode) -> None:
+    """After a conversation in the workspace, the next spare opens a session there ahead; a
+    new conversation takes it (served by that opencode process, no session/new of its own),
+    gets the available commands opencode announced for it, and both conversations keep
+    their own histories."""
+    oc = opencode
+    with trio.fail_after(TEST_LIMIT_S):
+        async with oc.proxy() as p, client(p) as c:
+            first = await c.new_session(oc.cwd)
+            assert text_of(await c.prompt(first, "alpha one")) == _seen(1, "alpha one")
+            with trio.fail_after(60):
+                while not log_lines(p, "agent.preopened"):  # noqa: ASYNC110 (its log)
+                    await trio.sleep(0.1)
+            [ahead] = log_lines(p, "agent.preopened")
+            second = await c.new_session(oc.cwd)
+            reply = await c.prompt(second, "bravo one")
+            assert text_of(reply) == _seen(1, "bravo one")
+            assert proxy_meta(reply)["agent"] == "preopened"
+            assert agent_pid(p, second) == ahead["agent_pid"] != agent_pid(p, first)
+            kinds = [u["update"]["sessionUpdate"] for u in c.updates(second)]
+            assert "available_commands_update" in kinds
+            assert text_of(await c.prompt(first, "alpha two")) == _seen(2, "alpha two")
+            assert text_of(await c.prompt(second, "bravo two")) == _seen(2, "bravo two")
