@@ -246,6 +246,16 @@ def render(agent: str, results: list[Figures], notes: dict[str, Any]) -> tuple[s
             f"{'PASS' if ok_new else 'FAIL'}"
         )
         passed = passed and ok_ttft and ok_new
+    if agent == "opencode" and 1 in by_k:  # the default: a spare, its session opened ahead
+        f = by_k[1]
+        new_ratio = statistics.median(f.new) / statistics.median(f.continued)
+        ok_new = new_ratio <= NEW_GOAL_RATIO
+        goals.append(
+            f"new conversation in a served workspace vs continued turn at 1 per process (the "
+            f"default: served by {', '.join(sorted(set(f.new_served_by)))}): {new_ratio:.2f}x "
+            f"(goal <= {NEW_GOAL_RATIO}x) {'PASS' if ok_new else 'FAIL'}"
+        )
+        passed = passed and ok_new
     if agent == "opencode":
         for f in results:
             if f.conversations < 20:
