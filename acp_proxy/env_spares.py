@@ -1,7 +1,11 @@
-"""Warm spares per recent per-process value set (``env_spares``): with ``per_process_env``
-a new conversation would otherwise start a cold agent. One spare per value set seen
-recently (least recently used dropped), each holding a ``max_live_agents`` slot, started only
-when a slot is free, and the first thing stopped when a conversation needs one. A mixin of
+"""Which spares to keep: one per recent per-process value set (``env_spares``), and none
+beside a shared process with room.
+
+With ``per_process_env`` a new conversation would otherwise start a cold agent: one spare per
+value set seen recently (least recently used dropped), each holding a ``max_live_agents``
+slot, started only when a slot is free, and the first thing stopped when a conversation
+needs one. With ``max_sessions_per_agent`` above 1, a spare is started only once the
+processes of its environment have no free place left. A mixin of
 :class:`~acp_proxy.pool.AgentPool`."""
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+
+from anyio.abc import TaskGroup
 
 from .agent import AgentProcess
 from .client_auth import AgentStartError
@@ -32,6 +38,13 @@ class EnvSpares:
     _on_bound_exit: Callable[[AgentProcess], None]
     _has_room: Callable[[EnvKey], bool]
     preopen: Callable[[AgentProcess, EnvKey], None]
+    spares: list[AgentProcess]
+    _spares_starting: int
+    tg: TaskGroup
+
+    async def _add_spare(self) -> None:
+        """Start a spare with the proxy's own environment (the pool's)."""
+        raise NotImplementedError
 
     async def spawn(
         self, cwd: str | None, env: dict[str, str] | None = None, auth: Any = None
@@ -76,3 +89,21 @@ class EnvSpares:
                 spare.stop()
                 return True
         return False
+
+    def _replenish_if_full(self, key: EnvKey) -> None:
+        """The last free place of ``key``'s processes was just taken: the spare skipped while
+        there was room is started now."""
+        if self._has_room(key):
+            return
+        if key == ():
+            if len(self.spares) + self._spares_starting < self.config.warm_spares:
+                self.tg.start_soon(self._add_spare)
+        elif key in self.recent_envs:
+            self.tg.start_soon(self._add_env_spare, key)
+
+    def _idle_spares(self, key: EnvKey) -> list[AgentProcess]:
+        """The ready spares with environment ``key``."""
+        if key == ():
+            return [agent for agent in self.spares if agent.alive]
+        spare = self.recent_envs.get(key)
+        return [spare] if spare is not None and spare.alive else []

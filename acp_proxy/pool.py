@@ -107,6 +107,7 @@ class AgentPool(ClientAuth, FleetMemory, EnvSpares, Preopening):
         self._info_lock = anyio.Lock()
         self._spares_starting = 0
         self._spare_settled = anyio.Event()  #: set (and replaced) when a spare start ends
+        self._spare_waiters = 0  #: conversations waiting for a spare being started
         #: agents a client authenticated (``authenticate``), kept for that client's next
         #: ``session/new``: never a spare another client could take
         self._held: dict[int, AgentProcess] = {}
@@ -294,24 +295,6 @@ class AgentPool(ClientAuth, FleetMemory, EnvSpares, Preopening):
         """Whether a live process with environment ``key`` has a free place."""
         return with_room(self.hosts.values(), key, self.config.max_sessions_per_agent) is not None
 
-    def _replenish_if_full(self, key: EnvKey) -> None:
-        """The last free place of ``key``'s processes was just taken: the spare skipped while
-        there was room is started now."""
-        if self._has_room(key):
-            return
-        if key == ():
-            if len(self.spares) + self._spares_starting < self.config.warm_spares:
-                self.tg.start_soon(self._add_spare)
-        elif key in self.recent_envs:
-            self.tg.start_soon(self._add_env_spare, key)
-
-    def _idle_spares(self, key: EnvKey) -> list[AgentProcess]:
-        """The ready spares with environment ``key``."""
-        if key == ():
-            return [agent for agent in self.spares if agent.alive]
-        spare = self.recent_envs.get(key)
-        return [spare] if spare is not None and spare.alive else []
-
     def _spare_ready(self) -> bool:
         return any(agent.alive for agent in self.spares)
 
@@ -323,14 +306,24 @@ class AgentPool(ClientAuth, FleetMemory, EnvSpares, Preopening):
             return held, SetupTimings("spare")
         if held is not None:
             held.stop()
-        while self.spares and not env:
-            agent = self.spares.pop(0)
-            if agent.alive:
-                if len(self.spares) < self.config.warm_spares:
-                    self.tg.start_soon(self._add_spare)
-                if auth is not None:
-                    await self._authenticate(agent, auth)
-                return agent, SetupTimings("spare")
+        for attempt in range(2):
+            while self.spares and not env:
+                agent = self.spares.pop(0)
+                if agent.alive:
+                    if len(self.spares) < self.config.warm_spares:
+                        self.tg.start_soon(self._add_spare)
+                    if auth is not None:
+                        await self._authenticate(agent, auth)
+                    return agent, SetupTimings("spare")
+            # None ready, but one starting is further along than a new process would be.
+            if attempt or env or self._spare_waiters >= self._spares_starting:
+                break
+            self._spare_waiters += 1
+            try:
+                with anyio.move_on_after(self.config.agent_start_timeout_s):
+                    await self._spare_settled.wait()
+            finally:
+                self._spare_waiters -= 1
         agent = await self.spawn(cwd, env, auth)
         return agent, SetupTimings("cold", cli_ready_ms=agent.cli_ready_ms)
 

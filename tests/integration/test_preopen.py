@@ -148,3 +148,16 @@ async def test_no_idle_spare_while_a_shared_process_has_room(tmp: Path) -> None:
         assert reply.result["_meta"]["acp-proxy"]["agent"] == "preopened"
         status = (await c.request("_acp-proxy/status", {})).unwrap()
         assert len(status["agents"]) == 2  # the full process and the fourth's
+
+
+async def test_a_conversation_waits_for_the_spare_being_started(tmp: Path) -> None:
+    """No spare is ready, one is starting: the conversation takes it when it is ready rather
+    than starting one more process beside it (which would leave a spare idle)."""
+    async with proxy(tmp, "--startup-delay", "1.5") as p, client(p) as c:
+        await _spare_ready(c)
+        await c.new_session(str(tmp))  # takes the spare; its replacement takes 1.5 s
+        sid = await c.new_session(str(tmp))
+        reply = await c.prompt(sid, "hello")
+        assert reply.result["_meta"]["acp-proxy"]["agent"] in ("spare", "preopened")
+        spawned = _events(p, "agent.spawned")
+        assert len(spawned) <= 3  # the first spare, its replacement, the next replacement
