@@ -230,7 +230,7 @@ def render(agent: str, results: list[Figures], notes: dict[str, Any]) -> tuple[s
         goals.append(
             "No goal: the fake agent costs nothing, so these figures are the proxy's own work "
             "(a session/new also writes the session's row before its prompt). The goals are "
-            "measured with the real opencode (section 14)."
+            "measured with the real opencode (section 17)."
         )
     for f in shared:
         shared_ratio = statistics.median(f.continued) / base
@@ -263,7 +263,8 @@ def render(agent: str, results: list[Figures], notes: dict[str, Any]) -> tuple[s
             ok_mem = f.per_conversation_mb <= MEMORY_GOAL_MB
             goals.append(
                 f"memory per live conversation, {f.conversations} live at {f.per_agent} per "
-                f"process ({f.processes} processes, the spare included): "
+                f"process ({f.processes} agent process{'es' if f.processes > 1 else ''}, any spare "
+                f"included): "
                 f"{f.per_conversation_mb:.1f} MB (goal <= {MEMORY_GOAL_MB:.0f} MB) "
                 f"{'PASS' if ok_mem else 'FAIL'}"
             )
