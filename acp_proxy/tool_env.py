@@ -126,8 +126,8 @@ class ToolEnv:
 
     def _write(self, path: str, env: dict[str, str]) -> None:
         text = render(env, self.chain).encode()
-        if self._written.get(path) == text and os.path.exists(path):
-            return
+        if self._written.get(path) == text:
+            return  # (no stat: this runs twice per turn, and only this proxy writes the file)
         tmp = f"{path}.{secrets.token_hex(4)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
