@@ -74,7 +74,7 @@ test-lowest: $(UV)
 # its figure with matplotlib, the `bench` extra; section 12 measures the fake agent without it).
 BENCHES := continued_turn restore replay startup overhead throughput bytes_per_turn memory \
 	opencode_turn concurrency agent_memory postgres claude_turn fuzz_campaign bridge_startup \
-	workspace_first_turn
+	workspace_first_turn preopen
 
 bench: $(STAMP)
 	$(UV) sync --quiet --frozen --inexact --extra test --extra bench --no-build-isolation
