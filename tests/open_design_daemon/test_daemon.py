@@ -9,6 +9,8 @@ stand-in (``vela_standin.py``) that runs the real ``opencode acp``. Numbers (the
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +25,6 @@ pytestmark = [pytest.mark.open_design_daemon, pytest.mark.timeout(600)]
 
 def standin_runs(world: DaemonWorld) -> list[dict[str, Any]]:
     """The stand-in's ``agent run`` starts (not their exit lines), oldest first."""
-    import json
-
     lines = [json.loads(x) for x in world.standin_log.read_text().splitlines() if x.strip()]
     return [e for e in lines if e.get("argv", [])[:2] == ["agent", "run"] and "exit" not in e]
 
@@ -78,4 +78,41 @@ def test_turns_of_one_conversation_reuse_one_warm_agent(
         agent_pid=agent,
         agents_spawned=len(world.proxy_events("agent.spawned")),
         session=session,
+    )
+
+
+#: run from opencode's bash tool: the daemon's own tool wrapper (``od tools connectors list``
+#: calls the daemon's /api/tools/* with ``OD_TOOL_TOKEN``, which the daemon mints per run and
+#: revokes when that run's child exits), the same with a made-up token (the control: the
+#: daemon does check it), then the run id the tool process sees
+_LIST = '"$OD_NODE_BIN" "$OD_BIN" tools connectors list --format compact >/dev/null 2>>tool-err.txt'
+TOOL_COMMAND = (
+    f"{_LIST}; ok=$?; OD_TOOL_TOKEN=made-up {_LIST}; bad=$?;"
+    ' echo "exit=$ok control=$bad run=$OPEN_DESIGN_RUN_ID"'
+)
+
+
+def test_tool_calls_see_their_own_runs_values(
+    world: DaemonWorld, report: Callable[..., None]
+) -> None:
+    """Item 1 on the real daemon: every turn's bash tool call, on the one warm agent, runs the
+    daemon's own ``"$OD_NODE_BIN" "$OD_BIN" tools …`` wrapper with that turn's token (the
+    previous turn's is revoked by then) and sees that turn's ``OPEN_DESIGN_RUN_ID``."""
+    project, conversation = world.create_project()
+    conv = Conversation_(world, project, conversation)
+    results = [
+        conv.turn(f"[[turn:b{k}]] check the tools [[bash:{TOOL_COMMAND}]]") for k in (1, 2, 3)
+    ]
+    for result in results:
+        assert result.status == "succeeded", result.summary()
+        assert re.fullmatch(rf"Tool said: exit=0 control=[1-9]\d* run={result.run_id}", result.text)
+    created = world.proxy_events("session.created")
+    assert len(created) == 1, created
+    assert len(world.proxy_events("session.attached")) == 2
+    assert not not_by_proxy(world), "a run went around the proxy"
+    report(
+        runs=[r.run_id for r in results],
+        texts=[r.text for r in results],
+        daemon_ttft_ms=[r.ttft_ms for r in results],
+        agent_pid=created[0]["agent_pid"],
     )
