@@ -30,13 +30,13 @@ def standin_runs(world: DaemonWorld) -> list[dict[str, Any]]:
 
 
 def by_proxy(world: DaemonWorld) -> list[dict[str, Any]]:
-    assert world.proxy_process is not None
-    return [e for e in standin_runs(world) if e["ppid"] == world.proxy_process.pid]
+    """``agent run`` starts of a proxy (any of the test's proxies)."""
+    return [e for e in standin_runs(world) if e["ppid"] in world.proxy_pids]
 
 
 def not_by_proxy(world: DaemonWorld) -> list[dict[str, Any]]:
-    assert world.proxy_process is not None
-    return [e for e in standin_runs(world) if e["ppid"] != world.proxy_process.pid]
+    """``agent run`` starts of anything else: the bridge's ``--fallback`` exec."""
+    return [e for e in standin_runs(world) if e["ppid"] not in world.proxy_pids]
 
 
 def assert_ok(result: RunResult, text: str) -> None:
@@ -115,4 +115,70 @@ def test_tool_calls_see_their_own_runs_values(
         texts=[r.text for r in results],
         daemon_ttft_ms=[r.ttft_ms for r in results],
         agent_pid=created[0]["agent_pid"],
+    )
+
+
+def test_agent_stderr_tier_failure_reaches_the_daemons_classifier(
+    world: DaemonWorld, report: Callable[..., None]
+) -> None:
+    """Item 3 on the real daemon: a plan/tier failure line the agent writes to stderr during a
+    turn (the shape vela gives an upstream retry status) comes out of the bridge's stderr while
+    the turn runs, and the daemon fails the run with ``AMR_TIER_UPGRADE_REQUIRED``. The next
+    turn of the conversation then works."""
+    project, conversation = world.create_project()
+    conv = Conversation_(world, project, conversation)
+    first = conv.turn("[[turn:s1]] hello")
+    assert_ok(first, seen(1, "s1"))
+    failed = conv.turn("[[turn:s2]] [[standin-stderr:tier]] [[slow]] this one fails")
+    assert failed.status == "failed", failed.summary()
+    assert "AMR_TIER_UPGRADE_REQUIRED" in failed.error_codes(), failed.summary()
+    after = conv.turn("[[turn:s3]] and again")
+    assert after.status == "succeeded", after.summary()
+    assert not not_by_proxy(world), "a run went around the proxy"
+    report(
+        failed=failed.summary(),
+        after=after.summary(),
+        proxy_turns=[
+            (f["turn"], f["outcome"], f.get("agent")) for f in world.proxy_events("turn.finished")
+        ],
+        sessions_created=len(world.proxy_events("session.created")),
+        errors=failed.errors,
+    )
+
+
+def test_proxy_down_runs_fall_back_to_the_real_binary(
+    world: DaemonWorld, report: Callable[..., None]
+) -> None:
+    """Item 6 on the real daemon: with the proxy stopped, the bridge execs the real binary
+    (``--fallback``) and the conversation goes on. The daemon's stored handle is the proxy's
+    session id, which vela does not know: its load fails with ``resume_failed``, the daemon
+    reseeds the turn with the whole transcript on a new session, and the next turn resumes
+    that one. With the proxy back, the handle (now vela's own) is unknown to the proxy: same
+    reseed, through the proxy again."""
+    project, conversation = world.create_project()
+    conv = Conversation_(world, project, conversation)
+    first = conv.turn("[[turn:f1]] hello")
+    assert_ok(first, seen(1, "f1"))
+    world.stop_proxy()
+    down = [conv.turn(f"[[turn:f{k}]] the proxy is down") for k in (2, 3)]
+    assert_ok(down[0], seen(1, "f2"))  # reseeded: one message holding the whole transcript
+    assert_ok(down[1], seen(2, "f3"))  # resumed on the session the reseed opened
+    for result in down:
+        assert "(--fallback)" in result.stderr(), result.stderr()
+    direct = not_by_proxy(world)
+    assert len(direct) == 3, direct  # f2's failed load, its reseed (a new spawn), f3
+    world.start_proxy()
+    back = conv.turn("[[turn:f4]] the proxy is back")
+    assert_ok(back, seen(1, "f4"))  # vela's handle is unknown to the proxy: reseeded again
+    assert "(--fallback)" not in back.stderr()
+    assert len(not_by_proxy(world)) == 3 and by_proxy(world)
+    assert len(world.proxy_events("session.created")) == 2  # f1's, then f4's reseed
+    report(
+        daemon_ttft_ms={
+            "via_proxy": first.ttft_ms,
+            "fallback_reseed": down[0].ttft_ms,
+            "fallback_resumed": down[1].ttft_ms,
+            "proxy_back_reseed": back.ttft_ms,
+        },
+        texts=[r.text for r in (first, *down, back)],
     )

@@ -210,6 +210,7 @@ class DaemonWorld:
     proxy_process: subprocess.Popen[bytes] | None = None
     daemon_process: subprocess.Popen[bytes] | None = None
     url: str = ""
+    proxy_pids: list[int] = field(default_factory=list)  #: every proxy started, in order
 
     PROXY_ARGS: ClassVar[tuple[str, ...]] = (
         "--client-profile",
@@ -301,6 +302,7 @@ class DaemonWorld:
             "--socket", self.socket, "--db", self.db, *self.PROXY_ARGS,
             "--", str(self.vela), *ACP_ARGV.split(),
         ]  # fmt: skip
+        readies = len(self.proxy_events("ready"))  # the log is appended to across restarts
         with self.proxy_log.open("ab") as log:
             self.proxy_process = subprocess.Popen(
                 command,
@@ -310,11 +312,12 @@ class DaemonWorld:
                 env=self.home.env(self.model.base_url),
                 cwd=self.home.work,
             )
+        self.proxy_pids.append(self.proxy_process.pid)
         deadline = time.monotonic() + ready_s
         while time.monotonic() < deadline:
             if self.proxy_process.poll() is not None:
                 raise RuntimeError(f"acp-proxy serve exited: {self.proxy_log.read_text()[-2000:]}")
-            if any(e.get("event") == "ready" for e in self.proxy_logs()):
+            if len(self.proxy_events("ready")) > readies:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"acp-proxy serve not ready in {ready_s} s")
