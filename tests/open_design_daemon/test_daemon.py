@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -181,4 +183,125 @@ def test_proxy_down_runs_fall_back_to_the_real_binary(
             "proxy_back_reseed": back.ttft_ms,
         },
         texts=[r.text for r in (first, *down, back)],
+    )
+
+
+def test_a_session_the_proxy_lost_is_reseeded_by_the_daemon(
+    world: DaemonWorld, report: Callable[..., None]
+) -> None:
+    """Item 7 on the real daemon: the conversation's session is deleted from the proxy
+    (``acp-proxy sessions delete --socket``, which stops its agent too); the daemon's next
+    ``session/load`` of its stored handle gets ``resume_failed``, and the daemon reseeds the
+    same run with the whole transcript on a new session: the turn succeeds."""
+    project, conversation = world.create_project()
+    conv = Conversation_(world, project, conversation)
+    assert_ok(conv.turn("[[turn:d1]] hello"), seen(1, "d1"))
+    assert_ok(conv.turn("[[turn:d2]] again"), seen(2, "d2"))
+    (created,) = world.proxy_events("session.created")
+    deleted = world.sessions_cli("delete", created["session_id"], "--socket", world.socket)
+    assert deleted.returncode == 0, deleted.stderr
+    after = conv.turn("[[turn:d3]] after the delete")
+    assert_ok(after, seen(1, "d3"))  # one message: the reseed's whole transcript
+    assert "d1" in world.model.last().user_texts()[-1]  # ... which holds the earlier turns
+    sessions = world.proxy_events("session.created")
+    assert len(sessions) == 2 and sessions[1]["session_id"] != created["session_id"], sessions
+    after_next = conv.turn("[[turn:d4]] and on")
+    assert_ok(after_next, seen(2, "d4"))  # the reseeded session is resumed from then on
+    report(
+        deleted=created["session_id"],
+        reseeded=sessions[1]["session_id"],
+        daemon_ttft_ms={"reseed": after.ttft_ms, "next": after_next.ttft_ms},
+    )
+
+
+def _turn_running(world: DaemonWorld, result: RunResult, limit_s: float = 60.0) -> None:
+    """Wait until the daemon streams the run's first text (the turn runs in the agent)."""
+    deadline = time.monotonic() + limit_s
+    while not result.agent("text_delta"):
+        assert time.monotonic() < deadline, f"no output in {limit_s} s: {result.summary()}"
+        time.sleep(0.05)
+
+
+def test_cancel_through_the_daemon_then_the_next_turn_works(
+    world: DaemonWorld, report: Callable[..., None]
+) -> None:
+    """Item 2 on the real daemon: its cancel API (``session/cancel`` as a request, stdin
+    closed, the group SIGTERMed if it lingers) ends a streaming turn; the proxy records it
+    cancelled, and the next turn runs at once on the same agent (no -32010)."""
+    project, conversation = world.create_project()
+    conv = Conversation_(world, project, conversation)
+    assert_ok(conv.turn("[[turn:c1]] hello"), seen(1, "c1"))
+    running = conv.start("[[turn:c2]] [[slow]] a long answer")
+    _turn_running(world, running)
+    cancelled_at = time.monotonic()
+    world.cancel_run(running)
+    conv.finish(running)
+    cancel_s = time.monotonic() - cancelled_at
+    assert running.status == "canceled" or running.status == "cancelled", running.summary()
+    nxt = conv.turn("[[turn:c3]] next")
+    assert nxt.status == "succeeded", nxt.summary()
+    assert nxt.text.endswith("Last: c3"), nxt.summary()
+    outcomes = [(f["turn"], f["outcome"]) for f in world.proxy_events("turn.finished")]
+    assert outcomes == [(1, "completed"), (2, "cancelled"), (3, "completed")], outcomes
+    assert len(world.proxy_events("session.created")) == 1
+    report(cancel_to_end_s=round(cancel_s, 3), next=nxt.summary(), outcomes=outcomes)
+
+
+def test_daemon_killed_mid_turn_then_the_next_turn_works(
+    world: DaemonWorld, report: Callable[..., None]
+) -> None:
+    """Item 2: the daemon dies mid-turn (SIGKILL: nothing is sent, its bridge just loses its
+    stdin); the proxy cancels the abandoned turn, and after a daemon restart the conversation's
+    next turn runs on the same session (no -32010)."""
+    project, conversation = world.create_project()
+    conv = Conversation_(world, project, conversation)
+    assert_ok(conv.turn("[[turn:k1]] hello"), seen(1, "k1"))
+    running = conv.start("[[turn:k2]] [[slow]] a long answer")
+    _turn_running(world, running)
+    world.stop_daemon(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while not any(f["turn"] == 2 for f in world.proxy_events("turn.finished")):
+        assert time.monotonic() < deadline, "the abandoned turn did not end"
+        time.sleep(0.1)
+    world.start_daemon()
+    conv.history.append(("assistant", ""))
+    nxt = conv.turn("[[turn:k3]] after the restart")
+    assert nxt.status == "succeeded", nxt.summary()
+    assert nxt.text.endswith("Last: k3"), nxt.summary()
+    outcomes = [(f["turn"], f["outcome"]) for f in world.proxy_events("turn.finished")]
+    assert outcomes[:2] == [(1, "completed"), (2, "cancelled")], outcomes
+    assert outcomes[-1][1] == "completed", outcomes
+    report(
+        next=nxt.summary(), outcomes=outcomes, sessions=len(world.proxy_events("session.created"))
+    )
+
+
+def test_a_new_conversation_gets_a_warm_agent_and_sees_only_its_own_turns(
+    world: DaemonWorld, report: Callable[..., None]
+) -> None:
+    """Item 4: a second conversation of the project starts on the proxy's spare (already
+    started and initialized) and the two conversations, interleaved, each see only their own
+    turns."""
+    project, first_id = world.create_project()
+    a = Conversation_(world, project, first_id)
+    b = Conversation_(world, project, world.new_conversation(project))
+    a1 = a.turn("[[turn:a1]] hello from a")
+    b1 = b.turn("[[turn:b1]] hello from b")
+    a2 = a.turn("[[turn:a2]] a again")
+    b2 = b.turn("[[turn:b2]] b again")
+    assert_ok(a1, seen(1, "a1"))
+    assert_ok(b1, seen(1, "b1"))
+    assert_ok(a2, seen(2, "a2"))
+    assert_ok(b2, seen(2, "b2"))
+    created = world.proxy_events("session.created")
+    assert [c["agent"] for c in created] == ["spare", "spare"], created
+    assert created[0]["agent_pid"] != created[1]["agent_pid"]
+    finished = world.proxy_events("turn.finished")
+    report(
+        daemon_ttft_ms={"a1": a1.ttft_ms, "b1": b1.ttft_ms, "a2": a2.ttft_ms, "b2": b2.ttft_ms},
+        proxy_ttft_ms=[round(f["ttft_ms"]) for f in finished],
+        agents=[(c["session_id"], c["agent"], c["agent_pid"]) for c in created],
+        session_setup_ms=[round(c["setup_ms"]) for c in created],
+        spawned=[(e["agent_pid"], e["timestamp"]) for e in world.proxy_events("agent.spawned")],
+        created_at=[c["timestamp"] for c in created],
     )
