@@ -41,6 +41,11 @@ def not_by_proxy(world: DaemonWorld) -> list[dict[str, Any]]:
     return [e for e in standin_runs(world) if e["ppid"] not in world.proxy_pids]
 
 
+# A cancelled turn's user message stays in opencode's session (opencode stores it when the prompt
+# starts, and a cancel does not remove it, through the proxy or not): the turn after a cancelled
+# one sees it. The daemon keeps that message in its own transcript too.
+
+
 def assert_ok(result: RunResult, text: str) -> None:
     assert result.status == "succeeded", result.summary()
     assert result.text == text, result.summary()
@@ -135,7 +140,7 @@ def test_agent_stderr_tier_failure_reaches_the_daemons_classifier(
     assert failed.status == "failed", failed.summary()
     assert "AMR_TIER_UPGRADE_REQUIRED" in failed.error_codes(), failed.summary()
     after = conv.turn("[[turn:s3]] and again")
-    assert after.status == "succeeded", after.summary()
+    assert_ok(after, seen(3, "s3"))  # s2's user message stayed in opencode's session
     assert not not_by_proxy(world), "a run went around the proxy"
     report(
         failed=failed.summary(),
@@ -239,8 +244,7 @@ def test_cancel_through_the_daemon_then_the_next_turn_works(
     cancel_s = time.monotonic() - cancelled_at
     assert running.status == "canceled" or running.status == "cancelled", running.summary()
     nxt = conv.turn("[[turn:c3]] next")
-    assert nxt.status == "succeeded", nxt.summary()
-    assert nxt.text.endswith("Last: c3"), nxt.summary()
+    assert_ok(nxt, seen(3, "c3"))  # c2's user message stayed in opencode's session
     outcomes = [(f["turn"], f["outcome"]) for f in world.proxy_events("turn.finished")]
     assert outcomes == [(1, "completed"), (2, "cancelled"), (3, "completed")], outcomes
     assert len(world.proxy_events("session.created")) == 1
@@ -266,8 +270,7 @@ def test_daemon_killed_mid_turn_then_the_next_turn_works(
     world.start_daemon()
     conv.history.append(("assistant", ""))
     nxt = conv.turn("[[turn:k3]] after the restart")
-    assert nxt.status == "succeeded", nxt.summary()
-    assert nxt.text.endswith("Last: k3"), nxt.summary()
+    assert_ok(nxt, seen(3, "k3"))  # k2's user message stayed in opencode's session
     outcomes = [(f["turn"], f["outcome"]) for f in world.proxy_events("turn.finished")]
     assert outcomes[:2] == [(1, "completed"), (2, "cancelled")], outcomes
     assert outcomes[-1][1] == "completed", outcomes
