@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +64,8 @@ def test_turns_of_one_conversation_reuse_one_warm_agent(
     results = [conv.turn(f"[[turn:t{k}]] hello number {k}") for k in (1, 2, 3)]
     for k, result in enumerate(results, 1):
         assert_ok(result, seen(k, f"t{k}"))
+    # The daemon's own account: turn 1 captured the handle, turns 2 and 3 resumed it.
+    assert [r.recovery()[-1] for r in results] == ["captured_not_resumed", "resumed", "resumed"]
 
     created = world.proxy_events("session.created")
     assert len(created) == 1, created
@@ -81,11 +85,28 @@ def test_turns_of_one_conversation_reuse_one_warm_agent(
     assert max(ttft[1:]) < ttft[0], ttft  # type: ignore[operator]
     report(
         daemon_ttft_ms=ttft,
+        daemon_spawn_to_prompt_ms=[r.prompt_sent_ms for r in results],
         proxy_ttft_ms=[round(f["ttft_ms"]) for f in finished],
+        version_probe_s=_version_probe(world),
         agent_pid=agent,
         agents_spawned=len(world.proxy_events("agent.spawned")),
         session=session,
     )
+
+
+def _version_probe(world: DaemonWorld, runs: int = 5) -> dict[str, float]:
+    """Median wall time of ``--version`` (the daemon's probe before every spawn), through the
+    wrapper (bridge, then exec of the stand-in) and on the stand-in directly."""
+    env = world.daemon_env()
+    out = {}
+    for name, binary in (("via_bridge", world.wrapper), ("direct", world.vela)):
+        times = []
+        for _ in range(runs):
+            started = time.monotonic()
+            subprocess.run([str(binary), "--version"], env=env, capture_output=True, check=True)
+            times.append(time.monotonic() - started)
+        out[name] = round(statistics.median(times), 3)
+    return out
 
 
 #: run from opencode's bash tool: the daemon's own tool wrapper (``od tools connectors list``
@@ -170,6 +191,7 @@ def test_proxy_down_runs_fall_back_to_the_real_binary(
     down = [conv.turn(f"[[turn:f{k}]] the proxy is down") for k in (2, 3)]
     assert_ok(down[0], seen(1, "f2"))  # reseeded: one message holding the whole transcript
     assert_ok(down[1], seen(2, "f3"))  # resumed on the session the reseed opened
+    assert "auto_reseeded" in down[0].recovery() and down[1].recovery()[-1] == "resumed"
     for result in down:
         assert "(--fallback)" in result.stderr(), result.stderr()
     direct = not_by_proxy(world)
@@ -177,6 +199,7 @@ def test_proxy_down_runs_fall_back_to_the_real_binary(
     world.start_proxy()
     back = conv.turn("[[turn:f4]] the proxy is back")
     assert_ok(back, seen(1, "f4"))  # vela's handle is unknown to the proxy: reseeded again
+    assert "auto_reseeded" in back.recovery()
     assert "(--fallback)" not in back.stderr()
     assert len(not_by_proxy(world)) == 3 and by_proxy(world)
     assert len(world.proxy_events("session.created")) == 2  # f1's, then f4's reseed
@@ -187,7 +210,7 @@ def test_proxy_down_runs_fall_back_to_the_real_binary(
             "fallback_resumed": down[1].ttft_ms,
             "proxy_back_reseed": back.ttft_ms,
         },
-        texts=[r.text for r in (first, *down, back)],
+        runs=[r.summary() for r in (first, *down, back)],
     )
 
 
@@ -207,15 +230,18 @@ def test_a_session_the_proxy_lost_is_reseeded_by_the_daemon(
     assert deleted.returncode == 0, deleted.stderr
     after = conv.turn("[[turn:d3]] after the delete")
     assert_ok(after, seen(1, "d3"))  # one message: the reseed's whole transcript
+    assert "auto_reseeded" in after.recovery(), after.summary()  # the daemon's own account
     assert "d1" in world.model.last().user_texts()[-1]  # ... which holds the earlier turns
     sessions = world.proxy_events("session.created")
     assert len(sessions) == 2 and sessions[1]["session_id"] != created["session_id"], sessions
     after_next = conv.turn("[[turn:d4]] and on")
     assert_ok(after_next, seen(2, "d4"))  # the reseeded session is resumed from then on
+    assert after_next.recovery()[-1] == "resumed"
     report(
         deleted=created["session_id"],
         reseeded=sessions[1]["session_id"],
         daemon_ttft_ms={"reseed": after.ttft_ms, "next": after_next.ttft_ms},
+        runs=[after.summary(), after_next.summary()],
     )
 
 

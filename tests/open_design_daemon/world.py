@@ -133,6 +133,24 @@ class RunResult:
         return None
 
     @property
+    def prompt_sent_ms(self) -> int | None:
+        """The daemon's ms from spawning the agent binary (the bridge) to sending its prompt
+        (``initialize``, ``session/new`` or ``load``, the model set): its
+        ``waiting_for_first_output`` status."""
+        for d in self.agent("status"):
+            if d.get("label") == "waiting_for_first_output":
+                return int(d["elapsedMs"])
+        return None
+
+    def recovery(self) -> list[str]:
+        """The states of the daemon's ``native_session_recovery`` diagnostics, in order."""
+        return [
+            str((d.get("nativeSessionRecovery") or {}).get("state"))
+            for d in self.of("diagnostic")
+            if isinstance(d, dict) and d.get("type") == "native_session_recovery"
+        ]
+
+    @property
     def errors(self) -> list[dict[str, Any]]:
         return [d for d in self.of("error") if isinstance(d, dict)]
 
@@ -152,6 +170,8 @@ class RunResult:
             "run": self.run_id,
             "status": self.status,
             "ttftMs": self.ttft_ms,
+            "promptSentMs": self.prompt_sent_ms,
+            "recovery": self.recovery(),
             "text": self.text[:200],
             "errors": self.error_codes(),
         }
