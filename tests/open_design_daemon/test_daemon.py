@@ -334,3 +334,46 @@ def test_a_new_conversation_gets_a_warm_agent_and_sees_only_its_own_turns(
         spawned=[(e["agent_pid"], e["timestamp"]) for e in world.proxy_events("agent.spawned")],
         created_at=[c["timestamp"] for c in created],
     )
+
+
+def test_workspace_scope_is_exact_per_agent_and_known_workspaces_stay_warm(
+    world: DaemonWorld, report: Callable[..., None]
+) -> None:
+    """Items 4 and 5 with the daemon's billing scope: projects bound to two Personal
+    Workspaces (the web client's identity headers) make the daemon set
+    ``OPEN_DESIGN_WORKSPACE_ID`` on every run. Each conversation's agent process starts with its
+    own project's workspace (``--per-process-env``: never another's), later turns stay on it,
+    and a new conversation in a workspace seen before starts on a warm spare of that workspace."""
+    p1, c1 = world.create_project("in w1")
+    p2, c2 = world.create_project("in w2")
+    a = Conversation_(world, p1, c1, "ws-one")
+    b = Conversation_(world, p2, c2, "ws-two")
+    a1 = a.turn("[[turn:wa1]] hello")
+    b1 = b.turn("[[turn:wb1]] hello")
+    a2 = a.turn("[[turn:wa2]] again")
+    c = Conversation_(world, p1, world.new_conversation(p1), "ws-one")
+    time.sleep(3)  # the warm spare for ws-one, started when a1 took its agent, is ready
+    c1_run = c.turn("[[turn:wc1]] a new conversation in ws-one")
+    for result, text in ((a1, seen(1, "wa1")), (b1, seen(1, "wb1")), (a2, seen(2, "wa2"))):
+        assert_ok(result, text)
+    assert_ok(c1_run, seen(1, "wc1"))
+    workspace_of = {e["pid"]: e.get("workspace") for e in by_proxy(world)}
+    created = world.proxy_events("session.created")
+    assert [workspace_of[s["agent_pid"]] for s in created] == ["ws-one", "ws-two", "ws-one"], (
+        created,
+        workspace_of,
+    )
+    finished = world.proxy_events("turn.finished")
+    assert finished[2]["agent"] == "warm"  # a2 on a1's agent, no restart
+    report(
+        sessions=[
+            (s["agent"], s["agent_pid"], workspace_of[s["agent_pid"]], round(s["setup_ms"]))
+            for s in created
+        ],
+        turns=[(f["turn"], f["agent"], round(f["ttft_ms"])) for f in finished],
+        daemon_ttft_ms={"a1": a1.ttft_ms, "b1": b1.ttft_ms, "a2": a2.ttft_ms, "c1": c1_run.ttft_ms},
+        agents_spawned=[
+            (e["agent_pid"], workspace_of.get(e["agent_pid"]))
+            for e in world.proxy_events("agent.spawned")
+        ],
+    )

@@ -235,7 +235,14 @@ def main(args: list[str]) -> int:
         return 2
     config = json.loads(Path(args[1]).read_text())
     argv = args[2:]
-    _log(config, argv=argv, vars=[v for v in LOGGED_VARS if os.environ.get(v)])
+    _log(
+        config,
+        argv=argv,
+        vars=[v for v in LOGGED_VARS if os.environ.get(v)],
+        # the billing scope a process starts with (an id, not a secret): what per_process_env
+        # must keep exact
+        workspace=os.environ.get("OPEN_DESIGN_WORKSPACE_ID"),
+    )
     if argv[:4] == ACP_ENTRY:
         code = _run_agent(config)
         _log(config, argv=argv, exit=code)

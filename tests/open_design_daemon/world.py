@@ -440,13 +440,23 @@ class DaemonWorld:
 
     # -- its HTTP API --------------------------------------------------------------------------
 
-    def api(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 30.0,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             self.url + path,
             data=data,
             method=method,
-            headers={"Content-Type": "application/json"} if data is not None else {},
+            headers={
+                **({"Content-Type": "application/json"} if data is not None else {}),
+                **(headers or {}),
+            },
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -470,7 +480,12 @@ class DaemonWorld:
         return str((conv or body)["id"])
 
     def start_run(
-        self, project_id: str, conversation_id: str, prompt: str, transcript: str
+        self,
+        project_id: str,
+        conversation_id: str,
+        prompt: str,
+        transcript: str,
+        headers: dict[str, str] | None = None,
     ) -> RunResult:
         """``POST /api/runs`` for AMR, then read its events in a thread."""
         body = self.api(
@@ -483,6 +498,7 @@ class DaemonWorld:
                 "message": transcript,
                 "currentPrompt": prompt,
             },
+            headers=headers,
         )
         run_id = body.get("runId") or body.get("id") or (body.get("run") or {}).get("id")
         assert run_id, f"no run id in {body}"
@@ -505,13 +521,31 @@ class DaemonWorld:
         return self.api("POST", f"/api/runs/{result.run_id}/cancel", {})
 
 
+def workspace_headers(workspace_id: str) -> dict[str, str]:
+    """The identity headers the web client sends for a signed-in user's Personal Workspace
+    (``workspaceProjectHeaders``): the daemon binds the project to it and every AMR run of the
+    project then carries ``OPEN_DESIGN_WORKSPACE_ID``."""
+    return {
+        "X-OD-Workspace-Id": workspace_id,
+        "X-OD-Workspace-Member-Id": f"member-of-{workspace_id}",
+        "X-OD-Workspace-Type": "personal",
+    }
+
+
 class Conversation_:
     """A conversation as the web client drives it: a transcript that grows every turn."""
 
-    def __init__(self, world: DaemonWorld, project_id: str, conversation_id: str) -> None:
+    def __init__(
+        self,
+        world: DaemonWorld,
+        project_id: str,
+        conversation_id: str,
+        workspace_id: str | None = None,
+    ) -> None:
         self.world = world
         self.project_id = project_id
         self.conversation_id = conversation_id
+        self.headers = workspace_headers(workspace_id) if workspace_id else None
         self.history: list[tuple[str, str]] = []
 
     def start(self, prompt: str) -> RunResult:
@@ -519,7 +553,9 @@ class Conversation_:
         lines.append(f"## user\n{prompt}")
         self.history.append(("user", prompt))
         transcript = "\n\n".join(lines)
-        return self.world.start_run(self.project_id, self.conversation_id, prompt, transcript)
+        return self.world.start_run(
+            self.project_id, self.conversation_id, prompt, transcript, self.headers
+        )
 
     def finish(self, result: RunResult) -> RunResult:
         self.world.wait_run(result)
