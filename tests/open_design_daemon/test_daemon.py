@@ -138,7 +138,20 @@ def test_tool_calls_see_their_own_runs_values(
     assert len(created) == 1, created
     assert len(world.proxy_events("session.attached")) == 2
     assert not not_by_proxy(world), "a run went around the proxy"
+    # opencode asks before its bash tool runs; the daemon answers allow_always, which the warm
+    # agent then remembers: only the first turn asks (a per-turn process would ask every turn).
+    asked = [
+        len([d for d in r.agent("diagnostic") if d.get("name") == "acp_approval_request"])
+        for r in results
+    ]
     report(
+        approval_requests=asked,
+        approval_options=[
+            d.get("optionId")
+            for r in results
+            for d in r.agent("diagnostic")
+            if d.get("name") == "acp_approval_request"
+        ],
         runs=[r.run_id for r in results],
         texts=[r.text for r in results],
         daemon_ttft_ms=[r.ttft_ms for r in results],
@@ -376,4 +389,41 @@ def test_workspace_scope_is_exact_per_agent_and_known_workspaces_stay_warm(
             (e["agent_pid"], workspace_of.get(e["agent_pid"]))
             for e in world.proxy_events("agent.spawned")
         ],
+    )
+
+
+def test_time_to_first_token_direct_against_through_the_proxy(
+    world: DaemonWorld, report: Callable[..., None]
+) -> None:
+    """The daemon's own ``ttftMs``, turn by turn, for one conversation through the proxy and
+    one with the proxy stopped (``--fallback``: the daemon's per-turn process, as without the
+    proxy, plus the bridge's exec). Continued turns through the proxy skip the agent's start,
+    ``initialize`` and session load; the direct ones pay them every turn."""
+    turns = 4
+    project, first = world.create_project()
+    warm = Conversation_(world, project, first)
+    via_proxy = [warm.turn(f"[[turn:v{k}]] hello") for k in range(1, turns + 1)]
+    world.stop_proxy()
+    direct_conv = Conversation_(world, project, world.new_conversation(project))
+    direct = [direct_conv.turn(f"[[turn:x{k}]] hello") for k in range(1, turns + 1)]
+    for k, (v, x) in enumerate(zip(via_proxy, direct, strict=True), 1):
+        assert_ok(v, seen(k, f"v{k}"))
+        assert_ok(x, seen(k, f"x{k}"))
+        assert "(--fallback)" in x.stderr() and "(--fallback)" not in v.stderr()
+    proxy_later = [r.ttft_ms or 0 for r in via_proxy[1:]]
+    direct_later = [r.ttft_ms or 0 for r in direct[1:]]
+    assert statistics.median(proxy_later) < statistics.median(direct_later)
+    report(
+        daemon_ttft_ms={
+            "via_proxy": [r.ttft_ms for r in via_proxy],
+            "direct": [r.ttft_ms for r in direct],
+        },
+        daemon_spawn_to_prompt_ms={
+            "via_proxy": [r.prompt_sent_ms for r in via_proxy],
+            "direct": [r.prompt_sent_ms for r in direct],
+        },
+        median_later_turns_ms={
+            "via_proxy": statistics.median(proxy_later),
+            "direct": statistics.median(direct_later),
+        },
     )
