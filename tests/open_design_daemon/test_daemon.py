@@ -427,3 +427,26 @@ def test_time_to_first_token_direct_against_through_the_proxy(
             "direct": statistics.median(direct_later),
         },
     )
+
+
+def test_a_second_run_while_one_streams_gets_only_its_own_output(
+    world: DaemonWorld, report: Callable[..., None]
+) -> None:
+    """The daemon accepts a second run on a conversation whose run is still streaming (its API
+    does not refuse it). The proxy serialises the two turns (the second waits, no -32010), and
+    the second run's bridge, attached by ``session/load`` while the first turn streams, must not
+    get that turn's updates: the daemon takes every update before its prompt as its own run's
+    output."""
+    project, conversation = world.create_project()
+    conv = Conversation_(world, project, conversation)
+    assert_ok(conv.turn("[[turn:q1]] hello"), seen(1, "q1"))
+    first = conv.start("[[turn:q2]] [[slow]] a long answer")
+    _turn_running(world, first)
+    second = conv.start("[[turn:q3]] while q2 streams")
+    conv.finish(first)
+    conv.finish(second)
+    assert_ok(first, seen(2, "q2") + " and some more words to stream")
+    assert_ok(second, seen(3, "q3"))
+    outcomes = [(f["turn"], f["outcome"]) for f in world.proxy_events("turn.finished")]
+    assert outcomes == [(1, "completed"), (2, "completed"), (3, "completed")], outcomes
+    report(first=first.summary(), second=second.summary(), outcomes=outcomes)
