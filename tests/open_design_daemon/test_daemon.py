@@ -87,11 +87,23 @@ def test_turns_of_one_conversation_reuse_one_warm_agent(
         daemon_ttft_ms=ttft,
         daemon_spawn_to_prompt_ms=[r.prompt_sent_ms for r in results],
         proxy_ttft_ms=[round(f["ttft_ms"]) for f in finished],
+        vela_invocations=_invocations(world),  # before the probe below adds its own
         version_probe_s=_version_probe(world),
         agent_pid=agent,
         agents_spawned=len(world.proxy_events("agent.spawned")),
         session=session,
     )
+
+
+def _invocations(world: DaemonWorld) -> dict[str, int]:
+    """How often the daemon (or the proxy) ran each vela subcommand, by its first two words."""
+    counts: dict[str, int] = {}
+    for line in world.standin_log.read_text().splitlines():
+        entry = json.loads(line)
+        if "argv" in entry and "exit" not in entry:
+            key = " ".join(entry["argv"][:2])
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _version_probe(world: DaemonWorld, runs: int = 5) -> dict[str, float]:
