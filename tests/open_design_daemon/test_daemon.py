@@ -22,7 +22,7 @@ import pytest
 
 from tests.real_agent.model_server import seen
 
-from .world import Conversation_, DaemonWorld, RunResult
+from .world import DaemonConversation, DaemonWorld, RunResult
 
 pytestmark = [pytest.mark.open_design_daemon, pytest.mark.timeout(600)]
 
@@ -60,7 +60,7 @@ def test_turns_of_one_conversation_reuse_one_warm_agent(
     of its stored ``openCodeSessionId``): the proxy attaches them to the same session on the
     same agent without replay, and opencode sees the whole conversation."""
     project, conversation = world.create_project()
-    conv = Conversation_(world, project, conversation)
+    conv = DaemonConversation(world, project, conversation)
     results = [conv.turn(f"[[turn:t{k}]] hello number {k}") for k in (1, 2, 3)]
     for k, result in enumerate(results, 1):
         assert_ok(result, seen(k, f"t{k}"))
@@ -139,7 +139,7 @@ def test_tool_calls_see_their_own_runs_values(
     daemon's own ``"$OD_NODE_BIN" "$OD_BIN" tools …`` wrapper with that turn's token (the
     previous turn's is revoked by then) and sees that turn's ``OPEN_DESIGN_RUN_ID``."""
     project, conversation = world.create_project()
-    conv = Conversation_(world, project, conversation)
+    conv = DaemonConversation(world, project, conversation)
     results = [
         conv.turn(f"[[turn:b{k}]] check the tools [[bash:{TOOL_COMMAND}]]") for k in (1, 2, 3)
     ]
@@ -179,7 +179,7 @@ def test_agent_stderr_tier_failure_reaches_the_daemons_classifier(
     the turn runs, and the daemon fails the run with ``AMR_TIER_UPGRADE_REQUIRED``. The next
     turn of the conversation then works."""
     project, conversation = world.create_project()
-    conv = Conversation_(world, project, conversation)
+    conv = DaemonConversation(world, project, conversation)
     first = conv.turn("[[turn:s1]] hello")
     assert_ok(first, seen(1, "s1"))
     failed = conv.turn("[[turn:s2]] [[standin-stderr:tier]] [[slow]] this one fails")
@@ -209,7 +209,7 @@ def test_proxy_down_runs_fall_back_to_the_real_binary(
     that one. With the proxy back, the handle (now vela's own) is unknown to the proxy: same
     reseed, through the proxy again."""
     project, conversation = world.create_project()
-    conv = Conversation_(world, project, conversation)
+    conv = DaemonConversation(world, project, conversation)
     first = conv.turn("[[turn:f1]] hello")
     assert_ok(first, seen(1, "f1"))
     world.stop_proxy()
@@ -247,7 +247,7 @@ def test_a_session_the_proxy_lost_is_reseeded_by_the_daemon(
     ``session/load`` of its stored handle gets ``resume_failed``, and the daemon reseeds the
     same run with the whole transcript on a new session: the turn succeeds."""
     project, conversation = world.create_project()
-    conv = Conversation_(world, project, conversation)
+    conv = DaemonConversation(world, project, conversation)
     assert_ok(conv.turn("[[turn:d1]] hello"), seen(1, "d1"))
     assert_ok(conv.turn("[[turn:d2]] again"), seen(2, "d2"))
     (created,) = world.proxy_events("session.created")
@@ -285,7 +285,7 @@ def test_cancel_through_the_daemon_then_the_next_turn_works(
     closed, the group SIGTERMed if it lingers) ends a streaming turn; the proxy records it
     cancelled, and the next turn runs at once on the same agent (no -32010)."""
     project, conversation = world.create_project()
-    conv = Conversation_(world, project, conversation)
+    conv = DaemonConversation(world, project, conversation)
     assert_ok(conv.turn("[[turn:c1]] hello"), seen(1, "c1"))
     running = conv.start("[[turn:c2]] [[slow]] a long answer")
     _turn_running(world, running)
@@ -309,7 +309,7 @@ def test_daemon_killed_mid_turn_then_the_next_turn_works(
     stdin); the proxy cancels the abandoned turn, and after a daemon restart the conversation's
     next turn runs on the same session (no -32010)."""
     project, conversation = world.create_project()
-    conv = Conversation_(world, project, conversation)
+    conv = DaemonConversation(world, project, conversation)
     assert_ok(conv.turn("[[turn:k1]] hello"), seen(1, "k1"))
     running = conv.start("[[turn:k2]] [[slow]] a long answer")
     _turn_running(world, running)
@@ -337,8 +337,8 @@ def test_a_new_conversation_gets_a_warm_agent_and_sees_only_its_own_turns(
     started and initialized) and the two conversations, interleaved, each see only their own
     turns."""
     project, first_id = world.create_project()
-    a = Conversation_(world, project, first_id)
-    b = Conversation_(world, project, world.new_conversation(project))
+    a = DaemonConversation(world, project, first_id)
+    b = DaemonConversation(world, project, world.new_conversation(project))
     a1 = a.turn("[[turn:a1]] hello from a")
     b1 = b.turn("[[turn:b1]] hello from b")
     a2 = a.turn("[[turn:a2]] a again")
@@ -371,12 +371,12 @@ def test_workspace_scope_is_exact_per_agent_and_known_workspaces_stay_warm(
     and a new conversation in a workspace seen before starts on a warm spare of that workspace."""
     p1, c1 = world.create_project("in w1")
     p2, c2 = world.create_project("in w2")
-    a = Conversation_(world, p1, c1, "ws-one")
-    b = Conversation_(world, p2, c2, "ws-two")
+    a = DaemonConversation(world, p1, c1, "ws-one")
+    b = DaemonConversation(world, p2, c2, "ws-two")
     a1 = a.turn("[[turn:wa1]] hello")
     b1 = b.turn("[[turn:wb1]] hello")
     a2 = a.turn("[[turn:wa2]] again")
-    c = Conversation_(world, p1, world.new_conversation(p1), "ws-one")
+    c = DaemonConversation(world, p1, world.new_conversation(p1), "ws-one")
     time.sleep(3)  # the warm spare for ws-one, started when a1 took its agent, is ready
     c1_run = c.turn("[[turn:wc1]] a new conversation in ws-one")
     for result, text in ((a1, seen(1, "wa1")), (b1, seen(1, "wb1")), (a2, seen(2, "wa2"))):
@@ -413,10 +413,10 @@ def test_time_to_first_token_direct_against_through_the_proxy(
     ``initialize`` and session load; the direct ones pay them every turn."""
     turns = 4
     project, first = world.create_project()
-    warm = Conversation_(world, project, first)
+    warm = DaemonConversation(world, project, first)
     via_proxy = [warm.turn(f"[[turn:v{k}]] hello") for k in range(1, turns + 1)]
     world.stop_proxy()
-    direct_conv = Conversation_(world, project, world.new_conversation(project))
+    direct_conv = DaemonConversation(world, project, world.new_conversation(project))
     direct = [direct_conv.turn(f"[[turn:x{k}]] hello") for k in range(1, turns + 1)]
     for k, (v, x) in enumerate(zip(via_proxy, direct, strict=True), 1):
         assert_ok(v, seen(k, f"v{k}"))
@@ -450,7 +450,7 @@ def test_a_second_run_while_one_streams_gets_only_its_own_output(
     get that turn's updates: the daemon takes every update before its prompt as its own run's
     output."""
     project, conversation = world.create_project()
-    conv = Conversation_(world, project, conversation)
+    conv = DaemonConversation(world, project, conversation)
     assert_ok(conv.turn("[[turn:q1]] hello"), seen(1, "q1"))
     first = conv.start("[[turn:q2]] [[slow]] a long answer")
     _turn_running(world, first)

@@ -532,7 +532,7 @@ def workspace_headers(workspace_id: str) -> dict[str, str]:
     }
 
 
-class Conversation_:
+class DaemonConversation:
     """A conversation as the web client drives it: a transcript that grows every turn."""
 
     def __init__(
