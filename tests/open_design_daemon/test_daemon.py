@@ -334,8 +334,8 @@ def test_a_new_conversation_gets_a_warm_agent_and_sees_only_its_own_turns(
     world: DaemonWorld, report: Callable[..., None]
 ) -> None:
     """Item 4: a second conversation of the project starts on the proxy's spare (already
-    started and initialized) and the two conversations, interleaved, each see only their own
-    turns."""
+    started and initialized, not cold) and the two conversations, interleaved, each see only
+    their own turns."""
     project, first_id = world.create_project()
     a = DaemonConversation(world, project, first_id)
     b = DaemonConversation(world, project, world.new_conversation(project))
@@ -348,7 +348,8 @@ def test_a_new_conversation_gets_a_warm_agent_and_sees_only_its_own_turns(
     assert_ok(a2, seen(2, "a2"))
     assert_ok(b2, seen(2, "b2"))
     created = world.proxy_events("session.created")
-    assert [c["agent"] for c in created] == ["spare", "spare"], created
+    # a spare, or a spare whose session the proxy opened ahead ("preopened", on main)
+    assert all(c["agent"] in ("spare", "preopened") for c in created), created
     assert created[0]["agent_pid"] != created[1]["agent_pid"]
     finished = world.proxy_events("turn.finished")
     report(
