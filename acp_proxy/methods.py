@@ -159,12 +159,16 @@ async def attach(hub: Hub, client: ClientConnection, req: Request, *, replay: bo
         auth=client.auth_params,
     )
     state = session_state(session)
-    if hub.config.client_profile == "open-design":
-        # This daemon treats any update before its prompt as new output: no replay, and
-        # the result names the session (it fails the run otherwise).
+    open_design = hub.config.client_profile == "open-design"
+    if open_design:
+        # This daemon treats any update before its prompt as new output: no replay, nor the
+        # live lines of a turn another client runs; the result names the session (it fails
+        # the run otherwise).
         replay = False
         state["sessionId"] = state["openCodeSessionId"] = Raw(_encoder.encode(session.id))
     await session.replay_to(client, replay=replay)
+    if open_design and session.turn is not None and session.turn.client is not client:
+        session.audience.mute(client, session.turn)
     client.send_response(req.id, _encoder.encode(state))
     session.release_held(client)
     session.log.info(

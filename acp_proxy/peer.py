@@ -2,7 +2,8 @@
 
 ``client.ClientConnection`` is the real client; sessions see it only through :class:`Peer`,
 so nothing below the client layer imports it. :class:`Audience` sends a session's committed
-lines to every attached client, holding them for a client whose replay is being written.
+lines to every attached client, holding them for a client whose replay is being written, and
+keeping from a muted client the lines of the turn it is muted for (:meth:`Audience.mute`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from msgspec import Raw
 from .agent import AgentProcess
 from .protocol import EMPTY, ErrorResponse, RequestId, Response
 
-__all__ = ["Attachment", "Audience", "ClientReply", "Peer"]
+__all__ = ["Attachment", "Audience", "ClientReply", "Peer", "TurnSpan"]
 
 _UPDATE_LINE_PREFIX: Final = b'{"jsonrpc":"2.0","method":"session/update","params":'
 #: Events read and sent per page of a replay: bounds memory and lets other sessions run
@@ -63,6 +64,13 @@ class Peer(Protocol):
         """Send a request; ``on_reply`` gets the answer."""
 
 
+class TurnSpan(Protocol):
+    """A turn, as far as muting a client for it goes (``turn.Turn``)."""
+
+    #: the session's last event seq when the turn ended (0: running, or never sent)
+    end_seq: int
+
+
 @dataclass
 class Attachment:
     """One client receiving a session's live stream."""
@@ -70,6 +78,24 @@ class Attachment:
     #: lines held while this client's replay (or the session/new answer) is being written
     held: list[tuple[int, bytes]] | None = None
     held_skip_upto: int = 0  #: held events with seq <= this were already replayed
+    #: another client's turn, running when this client attached, whose lines it must not get
+    muted: TurnSpan | None = None
+
+    def unmuted(self, items: list[tuple[int, bytes]], current: object) -> list[tuple[int, bytes]]:
+        """What of ``items`` a muted client gets: the muted turn's events (``0 < seq <=
+        end_seq``, including those delivered after it ended), and while it runs every
+        event, are dropped; unrecorded lines (seq 0) pass. Unmuted at the first later event."""
+        turn = self.muted
+        assert turn is not None
+        if not turn.end_seq:
+            if turn is current:
+                return [item for item in items if not item[0]]
+            self.muted = None  # it ended before it was sent: nothing of it to keep back
+            return items
+        kept = [item for item in items if not item[0] or item[0] > turn.end_seq]
+        if any(seq for seq, _line in kept):
+            self.muted = None
+        return kept
 
 
 class Audience:
@@ -99,13 +125,29 @@ class Audience:
         self.attachments.pop(client, None)
         client.sessions.discard(owner)
 
-    def deliver(self, items: list[tuple[int, bytes]]) -> None:
+    def mute(self, client: Peer, turn: TurnSpan) -> None:
+        """Keep ``turn``'s lines (another client's, running) from ``client``, attached."""
+        self.attachments[client].muted = turn
+
+    def hears(self, client: Peer, current: object) -> bool:
+        """Whether ``client`` gets what comes during ``current``, the running turn."""
+        attachment = self.attachments.get(client)
+        if attachment is None:
+            return False
+        return attachment.muted is None or attachment.muted is not current
+
+    def deliver(self, items: list[tuple[int, bytes]], current: object = None) -> None:
         """Send committed ``(seq, line)`` items to every client, one write for the run, or
-        hold them for a client whose replay is being written."""
+        hold them for a client whose replay is being written (``current``: the running turn,
+        if any, for muted clients)."""
         data: bytes | None = None
         for peer, attachment in list(self.attachments.items()):
             if attachment.held is not None:
                 attachment.held.extend(items)
+            elif attachment.muted is not None:
+                kept = attachment.unmuted(items, current)
+                if kept:
+                    peer.send_nowait(b"".join(line for _seq, line in kept))
             else:
                 if data is None:
                     data = items[0][1] if len(items) == 1 else b"".join(i[1] for i in items)

@@ -310,7 +310,7 @@ class Session:
             if seq:
                 self.delivered_seq = seq
                 break
-        self.audience.deliver(items)
+        self.audience.deliver(items, self.turn)
 
     def _forward_agent_request(self, agent: AgentProcess, msg: Request) -> None:
         client = None if self.lifecycle.deleted else self._requests_go_to()
@@ -463,7 +463,7 @@ class Session:
         self, turn: Turn, outcome: str, stop_reason: str | None, usage: bytes | None
     ) -> tuple[dict[str, Any], FinishTurn]:
         """IN_TURN → LIVE, the canonical ``turn.finished`` line, and the turn's store write."""
-        self.turn = None
+        self.turn, turn.end_seq = None, self.last_seq
         if self.lifecycle.allows(Event.TURN_ENDED):
             self.lifecycle.handle(Event.TURN_ENDED)
         now = self.last_active = time.monotonic()

@@ -74,7 +74,12 @@ class StderrRelay:
         """``line`` (no newline) came from the stderr of the agent bound to ``handler``."""
         if not isinstance(handler, Session) or handler.turn is None:
             return
-        peers = [p for p in handler.audience.attachments if p.wants_stderr and not p.closed]
+        audience, turn = handler.audience, handler.turn
+        peers = [
+            p
+            for p in audience.attachments
+            if p.wants_stderr and not p.closed and audience.hears(p, turn)
+        ]
         if not peers:
             return
         limiter = self._limits.get(handler)

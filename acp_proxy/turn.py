@@ -57,6 +57,7 @@ class Turn:
     bytes_upstream: int = 0
     updates: int = 0
     user_last_seq: int = 0  #: the user's blocks are events up to here
+    end_seq: int = 0  #: the session's last event when the turn ended (``peer.TurnSpan``)
 
 
 @dataclass(frozen=True)

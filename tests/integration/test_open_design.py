@@ -419,3 +419,69 @@ async def test_workspace_spares_count_against_max_live_agents(tmp: Path, real_bi
         assert pid_exists(first_pid)  # the spare gave its slot up, not the conversation
         assert not any(line.get("event") == "session.evicted" for line in p.logs())
         assert _spares_ready(p) == 1  # no slot left for a ws2 spare
+
+
+async def test_load_during_another_clients_turn_gets_none_of_it(
+    tmp: Path, real_binary: str
+) -> None:
+    """open-design profile: a daemon run that loads the session while another run's turn is
+    streaming (the daemon does not refuse a second run) gets none of that turn's updates, live
+    or late, since it would render them as its own output; its prompt waits for the turn, then
+    runs. Found with the real daemon (tests/open_design_daemon)."""
+    gate = tmp / "go-on"
+    slow = json.dumps({"chunks": 4, "pause_after": 2, "pause_until": str(gate)})
+    profile = ("--client-profile", "open-design")
+    async with proxy(tmp, extra_args=profile) as p, daemon_turn(p, real_binary, {}) as c1:
+        handle, first = await run_turn(c1, None, str(tmp), "first")
+        assert first.error is None, first.error
+        streaming = await c1.start_prompt(handle, f"fake:{slow}")
+        await c1.wait_for(
+            lambda m: (
+                m.get("method") == "session/update"
+                and m["params"]["update"]["sessionUpdate"] == "agent_message_chunk"
+            )
+        )
+        async with daemon_turn(p, real_binary, {}) as c2:
+            loaded = await c2.request("session/load", {"sessionId": handle, "cwd": str(tmp)})
+            assert loaded.unwrap("session/load")["sessionId"] == handle
+            own = await c2.start_prompt(handle, "second")
+            await trio.sleep(0.3)
+            gate.write_text("go")
+            assert (await c1.wait_reply(streaming)).error is None
+            reply = await c2.wait_reply(own)
+            assert reply.error is None, reply.error
+            chunks = [
+                u["update"]["content"]["text"]
+                for u in c2.updates()
+                if u["update"]["sessionUpdate"] == "agent_message_chunk"
+            ]
+            summaries = [text for text in chunks if "[fake]" in text]
+            assert len(summaries) == 1 and "holds 2 earlier turns" in summaries[0], chunks
+            assert len(chunks) == 4, chunks  # its own three chunks and summary, nothing else
+
+
+async def test_load_during_another_clients_turn_gets_none_of_its_stderr(
+    tmp: Path, real_binary: str
+) -> None:
+    """The same for the agent's stderr: a line written during another run's turn comes out of
+    that run's bridge only, never out of the bridge that loaded meanwhile (the daemon would
+    fail its run on a plan/tier line that was not its own)."""
+    line = "opencode_event_stream_failure session.status retry tier_model_not_entitled"
+    slow = json.dumps({"first_token_delay": 1.0, "stderr": line})
+    profile = ("--client-profile", "open-design")
+    first_err, second_err = tmp / "first.err", tmp / "second.err"
+    async with (
+        proxy(tmp, extra_args=profile) as p,
+        daemon_turn(p, real_binary, {}, stderr=first_err) as c1,
+    ):
+        handle, first = await run_turn(c1, None, str(tmp), "first")
+        assert first.error is None, first.error
+        streaming = await c1.start_prompt(handle, f"fake:{slow}")
+        await trio.sleep(0.3)
+        async with daemon_turn(p, real_binary, {}, stderr=second_err) as c2:
+            loaded = await c2.request("session/load", {"sessionId": handle, "cwd": str(tmp)})
+            assert loaded.unwrap("session/load")["sessionId"] == handle
+            assert (await c1.wait_reply(streaming)).error is None
+            assert (await c2.prompt(handle, "second")).error is None
+    assert line in first_err.read_text()
+    assert line not in second_err.read_text()
