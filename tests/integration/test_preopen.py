@@ -83,7 +83,7 @@ async def test_a_session_opened_ahead_and_not_used_is_resumed_not_piled_up(tmp: 
         ahead = _events(p, "agent.preopened")
         assert [e["reused"] for e in ahead] == [False, True, True, True]
         assert len({e["upstream_session_id"] for e in ahead}) == 1
-        # 4 conversations + the one session opened ahead (6 without the reuse).
+        # 4 conversations + the one session opened ahead (8 without the reuse: one per spare).
         assert len(list(state_dir.glob("*.json"))) == 5
 
 
