@@ -239,7 +239,11 @@ class SessionOwner:
             stored = True
             session.agent = agent
             started = time.monotonic()
-            prepared = self.pool.claim_preopened(agent, session.record.cwd, params)
+            prepared = None
+            if auth is None:
+                prepared = self.pool.claim_preopened(agent, session.record.cwd, params)
+            else:  # opened before this client's credentials: not its own
+                self.pool.forget_preopened(agent)
             async with host.binding_of(session):  # one bind at a time on a shared process
                 try:
                     result = await self.pool.preopened_result(prepared) if prepared else None

@@ -161,3 +161,22 @@ async def test_a_conversation_waits_for_the_spare_being_started(tmp: Path) -> No
         assert reply.result["_meta"]["acp-proxy"]["agent"] in ("spare", "preopened")
         spawned = _events(p, "agent.spawned")
         assert len(spawned) <= 3  # the first spare, its replacement, the next replacement
+
+
+async def test_a_client_that_authenticated_never_gets_a_session_opened_before(
+    tmp: Path,
+) -> None:
+    """A spare that opened a session ahead and is then authenticated for a client serves that
+    client with a session opened after its credentials, never the one opened before."""
+    key = {"methodId": "api-key", "_meta": {"key": "secret-a"}}
+    async with proxy(tmp) as p, client(p) as c, client(p) as a:
+        await c.new_session(str(tmp))
+        await eventually(lambda: len(_events(p, "agent.preopened")) == 1)
+        (await a.request("authenticate", key)).unwrap()
+        sid = await a.new_session(str(tmp))
+        reply = await a.prompt(sid, "hello")
+        assert reply.result["_meta"]["acp-proxy"]["agent"] == "spare"
+        state = (await a.request("_fake/state", {"sessionId": sid})).unwrap()
+        assert state["authenticated"] == [key]
+        [(upstream,)] = db_rows(p.db, "SELECT upstream_session_id FROM sessions WHERE id=?", sid)
+        assert upstream != _events(p, "agent.preopened")[0]["upstream_session_id"]
