@@ -398,6 +398,10 @@ class AgentProcess(AgentCalls):
         self._send(encode_request(ident, method, params))
         return ident
 
+    def pending_methods(self) -> list[str]:
+        """The methods of the proxy's requests not answered yet."""
+        return [method for method, _on_reply in self._pending.values()]
+
     def _fail_late(self, ident: int, method: str, on_reply: ReplyCallback) -> None:
         assert self.exit_info is not None
         self.log.info("agent.request_after_exit", method=method)

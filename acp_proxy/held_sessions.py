@@ -35,6 +35,8 @@ __all__ = ["TRACKED_METHODS", "close_sessions", "note_reply", "noting_reply"]
 _OPENING: Final = frozenset({"session/new", "session/load", "session/resume", "session/fork"})
 #: every request whose answer changes which sessions a process holds
 TRACKED_METHODS: Final = _OPENING | {"session/close"}
+#: How often a stop waiting for a session being opened looks again.
+_OPEN_POLL_S: Final = 0.02
 _encoder: Final = msgspec.json.Encoder()
 _Batch = TypeVar("_Batch")
 
@@ -98,6 +100,10 @@ class _Closer(Protocol):
         """Whether ``sessionCapabilities.<name>`` is advertised."""
         ...
 
+    def pending_methods(self) -> list[str]:
+        """The methods of the proxy's requests not answered yet."""
+        ...
+
     async def call(self, method: str, params: object) -> dict[str, Any]:
         """Send a request and wait for its result."""
         ...
@@ -105,11 +111,18 @@ class _Closer(Protocol):
 
 async def close_sessions(agent: _Closer, grace_s: float) -> None:
     """``session/close`` each session the process holds, when the agent supports it, and
-    wait for the answers within ``grace_s`` (requests that fail or go unanswered are logged)."""
+    wait for the answers within ``grace_s`` (requests that fail or go unanswered are logged).
+    A session being opened (a spare's, opened ahead) is waited for first, in the same grace:
+    the agent could hold it once it has answered."""
+    started = time.monotonic()
+    with anyio.move_on_after(grace_s):
+        # (polled: a stop is rare, an event per answer would cost every turn; bounded)
+        while _OPENING.intersection(agent.pending_methods()):  # noqa: ASYNC110
+            await anyio.sleep(_OPEN_POLL_S)
+    grace_s = max(0.0, grace_s - (time.monotonic() - started))
     held = sorted(agent.held_sessions)
     if not held or not agent.supports("close") or agent.stopping_stdin_closed:
         return
-    started = time.monotonic()
     answered = 0
 
     async def close(sid: str) -> None:

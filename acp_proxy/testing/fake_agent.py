@@ -23,8 +23,9 @@ Process knobs (command line; those marked * are per-turn defaults, see below):
   --exit-at-start CODE     print one stderr line and exit with CODE at once
   --refuse-new             answer every session/new with a -32603 error
   --stderr-lines N         write N log lines to stderr at startup (0)
-  --hold-on-eof            at stdin EOF, keep running while any session is open (until a
-                           signal), as claude-agent-acp does; close them first to let it exit
+  --hold-on-eof            at stdin EOF, keep running while any session is open or being
+                           opened (until a signal), as claude-agent-acp does; close them
+                           first to let it exit
   --ignore-close           never answer session/close (and keep the session open)
   --state-dir DIR          persist sessions as DIR/<sessionId>.json (after session/new and every
                            turn) so another process can session/load or session/resume them
@@ -122,6 +123,7 @@ class Agent:
             chunk_delay=args.chunk_delay,
         )
         self.sessions: dict[str, Session] = {}
+        self.opening = 0  #: session/new requests being answered (--hold-on-eof holds them)
         self.initialize_count = 0
         self.authenticated: list[Any] = []
         self.next_id = 0
@@ -186,8 +188,11 @@ class Agent:
                 continue
             if not line:
                 sys.stderr.flush()
-                if self.args.hold_on_eof and self.sessions:
-                    await asyncio.Event().wait()  # ends with a signal only
+                if self.args.hold_on_eof:
+                    while self.opening:  # noqa: ASYNC110 (a session being opened is held too)
+                        await asyncio.sleep(0.01)
+                    if self.sessions:
+                        await asyncio.Event().wait()  # ends with a signal only
                 os._exit(0)  # EOF: finish nothing
             if line.strip():
                 self.dispatch(line)
@@ -318,7 +323,11 @@ class Agent:
 
     async def session_new(self, params: dict[str, Any], rid: Any) -> Any:
         cwd = self._cwd(params)
-        await self._init_delay()
+        self.opening += 1
+        try:
+            await self._init_delay()
+        finally:
+            self.opening -= 1
         if self.args.refuse_new:
             raise RpcError(INTERNAL_ERROR, "session/new refused (--refuse-new)")
         session = Session(id="fake_" + secrets.token_hex(8), cwd=cwd)

@@ -104,3 +104,33 @@ async def test_an_unanswered_close_costs_no_more_than_the_grace(tmp_path: Path) 
             assert _exit_of(p, pid)["returncode"] == -signal.SIGTERM
             (closing,) = log_lines(p, "agent.sessions_closed")
             assert closing["all_answered"] is False
+
+
+async def test_proxy_stop_waits_for_a_session_being_opened_then_closes_it(tmp_path: Path) -> None:
+    """SIGTERM while a spare is opening a session ahead (its session/new not answered yet):
+    the proxy waits for the answer and closes that session too, so the spare exits by itself
+    instead of holding it until SIGTERM."""
+    config = tmp_path / "config.toml"
+    config.write_text(f"kill_grace_s = {KILL_GRACE_S}\nwarm_spares = 1\n")
+    args = ("--hold-on-eof", "--session-init-delay", "2")
+    with trio.fail_after(60):
+        async with proxy(tmp_path, *args, extra_args=("--config", str(config))) as p:
+            async with client(p) as c:
+                sid = await c.new_session(str(tmp_path))
+                await c.prompt(sid, "hello")
+                with trio.fail_after(20):  # the next spare is ready: its session/new is sent
+                    while True:
+                        status = (await c.request("_acp-proxy/status", {})).unwrap()
+                        spares = [a for a in status["agents"] if a["role"] == "spare"]
+                        if spares:
+                            break
+                        await trio.sleep(0.02)
+            assert spares[0]["preopened"] is None  # still being opened
+            pids = [agent_pid(p, sid), spares[0]["pid"]]
+            p.kill(signal.SIGTERM)
+            await p.process.wait()
+            assert p.process.returncode == 0
+            assert [_exit_of(p, pid)["returncode"] for pid in pids] == [0, 0]
+            closing = log_lines(p, "agent.sessions_closed")
+            [spare_closed] = [e for e in closing if e["agent_pid"] == spares[0]["pid"]]
+            assert len(spare_closed["sessions"]) == 1  # the one opened ahead
