@@ -7,7 +7,6 @@ round trip for a whole group's events), the newest event of each kind with one u
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import accumulate
 from typing import Any
 
 import msgspec
@@ -25,12 +24,12 @@ from ._records import (
     UpdateSession,
     WriteOp,
     append_event,
+    run_row,
 )
 from ._sqlite import _describe
 
 __all__ = ["apply_ops"]
 
-_json_encode = msgspec.json.encode
 _SESSION_COLUMNS = ", ".join(SessionRecord.__struct_fields__)
 _PUT_SESSION = (
     f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES "
@@ -106,26 +105,9 @@ async def _append_runs(conn: Any, runs: list[AppendEvents]) -> None:
     columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
     latest: dict[tuple[str, str], tuple[int, bytes]] = {}
     for run in runs:
-        count = len(run.payloads)
-        if count == 0 or count != len(run.kinds):
-            raise StoreError(
-                f"AppendEvents of session {run.session_id!r} seq {run.first_seq}: "
-                f"{len(run.kinds)} kind(s) for {count} payload(s); give one of each per event"
-            )
-        sizes = [len(payload) for payload in run.payloads]
-        entries = zip(run.kinds, accumulate(sizes, initial=0), sizes, strict=False)
-        for column, value in zip(
-            columns,
-            (
-                run.session_id,
-                run.first_seq + count - 1,
-                run.first_seq,
-                run.turn,
-                _json_encode(list(entries)).decode(),
-                b"".join(run.payloads),
-            ),
-            strict=True,
-        ):
+        session_id, last_seq, first_seq, turn, index_json, payload = run_row(run)
+        row = (session_id, last_seq, first_seq, turn, index_json.decode(), payload)
+        for column, value in zip(columns, row, strict=True):
             column.append(value)
         for index, kind in enumerate(run.kinds):
             seq = run.first_seq + index

@@ -8,6 +8,7 @@ unknown update kinds and ``_meta`` survive a round trip byte for byte.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -32,7 +33,10 @@ __all__ = [
     "UpdateSession",
     "WriteOp",
     "append_event",
+    "run_row",
 ]
+
+_json_encode = msgspec.json.encode
 
 SESSION_STATES: tuple[str, ...] = ("active", "closed")
 """Allowed values of `SessionRecord.state`."""
@@ -174,6 +178,27 @@ class AppendEvents(msgspec.Struct):
     turn: int
     kinds: list[str]
     payloads: list[bytes]
+
+
+def run_row(run: AppendEvents) -> tuple[str, int, int, int, bytes, bytes]:
+    """The ``event_runs`` row of ``run``: session id, last seq, first seq, turn, the JSON
+    index ``[[kind, start, size], ...]`` into the payload, and the concatenated payloads.
+
+    Raises:
+        StoreError: the run has no event, or not one kind per payload.
+    """
+    count = len(run.payloads)
+    if count == 0 or count != len(run.kinds):
+        raise StoreError(
+            f"AppendEvents of session {run.session_id!r} seq {run.first_seq}: "
+            f"{len(run.kinds)} kind(s) for {count} payload(s); give one of each per event"
+        )
+    sizes = [len(payload) for payload in run.payloads]
+    # [kind, start, size] per event (accumulate also yields the total: strict=False).
+    index = list(zip(run.kinds, accumulate(sizes, initial=0), sizes, strict=False))
+    last_seq = run.first_seq + count - 1
+    payload = b"".join(run.payloads)
+    return run.session_id, last_seq, run.first_seq, run.turn, _json_encode(index), payload
 
 
 def append_event(

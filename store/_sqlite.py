@@ -41,7 +41,6 @@ import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from itertools import accumulate
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -67,6 +66,7 @@ from ._records import (
     UpdateSession,
     WriteOp,
     append_event,
+    run_row,
 )
 from ._schema import SCHEMA_VERSION, migrate
 from ._sqlite_leases import (
@@ -142,7 +142,6 @@ _RUNS_PAGE = (
     "SELECT first_seq, entries, payloads FROM event_runs "
     "WHERE session_id = ? AND last_seq > ? AND first_seq <= ? ORDER BY last_seq LIMIT ?"
 )
-_json_encode = msgspec.json.encode
 _entries_decoder = msgspec.json.Decoder(list[tuple[str, int, int]])
 _START_TURN = (
     "INSERT INTO turns (session_id, seq, started_at, prompt, outcome) "
@@ -956,27 +955,9 @@ def _append_runs_sync(conn: sqlite3.Connection, runs: list[AppendEvents]) -> int
     rows = []
     latest = []
     for run in runs:
-        count = len(run.payloads)
-        if count == 0 or count != len(run.kinds):
-            raise StoreError(
-                f"AppendEvents of session {run.session_id!r} seq {run.first_seq}: "
-                f"{len(run.kinds)} kind(s) for {count} payload(s); give one of each per event"
-            )
-        sizes = [len(payload) for payload in run.payloads]
-        # [kind, start, size] per event (accumulate also yields the total: strict=False).
-        entries = zip(run.kinds, accumulate(sizes, initial=0), sizes, strict=False)
-        rows.append(
-            (
-                run.session_id,
-                run.first_seq + count - 1,
-                run.first_seq,
-                run.turn,
-                _json_encode(list(entries)),
-                b"".join(run.payloads),
-            )
-        )
+        rows.append(run_row(run))
         # The last index of each kind in the run (later ones overwrite earlier ones).
-        for kind, index in dict(zip(run.kinds, range(count), strict=True)).items():
+        for kind, index in dict(zip(run.kinds, range(len(run.payloads)), strict=True)).items():
             latest.append((run.session_id, kind, run.first_seq + index, run.payloads[index]))
     try:
         conn.executemany(_INSERT_RUN, rows)
