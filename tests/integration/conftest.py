@@ -38,6 +38,13 @@ async def client(handle: ProxyHandle, **kwargs: Any) -> AsyncIterator[AcpClient]
         yield c
 
 
+def config_args(tmp: Path, text: str) -> tuple[str, str]:
+    """Write ``text`` as the proxy's config file in ``tmp``; the ``serve`` arguments naming it."""
+    path = tmp / "proxy.toml"
+    path.write_text(text)
+    return ("--config", str(path))
+
+
 def db_rows(db: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     """Read the proxy's database with a separate connection (SQLite or PostgreSQL)."""
     if is_postgres_url(db):

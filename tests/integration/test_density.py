@@ -8,19 +8,11 @@ from typing import Any
 import pytest
 import trio
 
-from .conftest import client, db_rows, eventually, proxy, summary
+from tests.real_agent.world import log_lines
+
+from .conftest import client, config_args, db_rows, eventually, proxy, summary
 
 pytestmark = pytest.mark.trio
-
-
-def _config(tmp: Path, text: str) -> tuple[str, str]:
-    path = tmp / "proxy.toml"
-    path.write_text(text)
-    return ("--config", str(path))
-
-
-def _events(p: Any, name: str) -> list[dict[str, Any]]:
-    return [e for e in p.logs() if e["event"] == name]
 
 
 def _is_update(sid: str, kind: str) -> Any:
@@ -44,7 +36,7 @@ SHARED = "max_sessions_per_agent = 4\nwarm_spares = 0\n"
 async def test_conversations_share_one_process_and_stay_apart(tmp: Path) -> None:
     """Two conversations run concurrent turns on one agent process; each client gets only
     its own session's stream, and each session records only its own events."""
-    extra = _config(tmp, SHARED)
+    extra = config_args(tmp, SHARED)
     async with proxy(tmp, "--chunks", "30", "--chunk-delay", "0.002", extra_args=extra) as p:
         async with client(p) as c0:
             a = await c0.new_session(str(tmp))
@@ -70,14 +62,14 @@ async def test_conversations_share_one_process_and_stay_apart(tmp: Path) -> None
                 r[0] for r in db_rows(p.db, "SELECT payload FROM events WHERE session_id=?", sid)
             )
             assert mine.encode() in stored and theirs.encode() not in stored
-        [created_b] = [e for e in _events(p, "session.created") if e["session_id"] == b]
+        [created_b] = [e for e in log_lines(p, "session.created") if e["session_id"] == b]
         assert created_b["agent"] == "shared"
 
 
 async def test_one_turn_never_blocks_another_and_cancel_is_per_session(tmp: Path) -> None:
     """While a's turn hangs on the shared process, b's turns run to their end; cancelling a
     ends a's turn only."""
-    async with proxy(tmp, extra_args=_config(tmp, SHARED)) as p, client(p) as c:
+    async with proxy(tmp, extra_args=config_args(tmp, SHARED)) as p, client(p) as c:
         a = await c.new_session(str(tmp))
         b = await c.new_session(str(tmp))
         hanging = await c.start_prompt(a, 'fake:{"hang": true}')
@@ -104,7 +96,7 @@ async def test_permission_requests_reach_their_own_sessions_client(tmp: Path) ->
     def reject(method: str, params: dict[str, Any]) -> tuple[dict[str, Any], None]:
         return {"outcome": {"outcome": "selected", "optionId": "reject"}}, None
 
-    extra = _config(tmp, SHARED)
+    extra = config_args(tmp, SHARED)
     async with (
         proxy(tmp, "--permission", extra_args=extra) as p,
         client(p) as allow_c,
@@ -130,7 +122,7 @@ async def test_permission_requests_reach_their_own_sessions_client(tmp: Path) ->
 async def test_agent_crash_restores_every_session_it_carried(tmp: Path) -> None:
     """The shared process dies in a's turn: a and b both come back through the ladder, with
     their histories, onto one new process."""
-    extra = _config(tmp, SHARED)
+    extra = config_args(tmp, SHARED)
     async with proxy(tmp, "--state-dir", str(tmp / "state"), extra_args=extra) as p:
         async with client(p) as c:
             a = await c.new_session(str(tmp))
@@ -148,20 +140,20 @@ async def test_agent_crash_restores_every_session_it_carried(tmp: Path) -> None:
         assert after_a.result["_meta"]["acp-proxy"]["agent"] == "restored:resume"
         assert after_b.result["_meta"]["acp-proxy"]["agent"] == "restored:resume"
         assert pid_a == pid_b != old_pid
-        gone = {e["session_id"] for e in _events(p, "session.agent_gone")}
+        gone = {e["session_id"] for e in log_lines(p, "session.agent_gone")}
         assert gone == {a, b}
 
 
 async def test_closing_one_conversation_keeps_the_shared_process(tmp: Path) -> None:
     """``session/close`` of one conversation closes its agent session only (the agent
     advertises close); the process stays for the other, which continues warm."""
-    async with proxy(tmp, extra_args=_config(tmp, SHARED)) as p, client(p) as c:
+    async with proxy(tmp, extra_args=config_args(tmp, SHARED)) as p, client(p) as c:
         a = await c.new_session(str(tmp))
         b = await c.new_session(str(tmp))
         before = await _state(c, b)
         assert (await c.request("session/close", {"sessionId": a})).error is None
-        await eventually(lambda: bool(_events(p, "session.retired")))
-        [retired] = _events(p, "session.retired")
+        await eventually(lambda: bool(log_lines(p, "session.retired")))
+        [retired] = log_lines(p, "session.retired")
         assert retired["agent_stopped"] is False
         reply = await c.prompt(b, "still here")
         assert reply.result["_meta"]["acp-proxy"]["agent"] in ("warm", "shared")
@@ -176,7 +168,7 @@ async def test_eviction_stops_an_agent_only_when_all_its_conversations_are_idle(
     """max_live_agents = 1 and two conversations fill the process: a third needs a process
     of its own; while b is in a turn the agent is not evicted (the request times out); once
     b is idle, the whole agent goes (both conversations)."""
-    extra = _config(
+    extra = config_args(
         tmp,
         "max_sessions_per_agent = 2\nwarm_spares = 0\nmax_live_agents = 1\n"
         "agent_start_timeout_s = 1.5\nidle_timeout_s = 0\n",
@@ -190,11 +182,11 @@ async def test_eviction_stops_an_agent_only_when_all_its_conversations_are_idle(
             refused = await c.request("session/new", {"cwd": str(tmp), "mcpServers": []})
             assert refused.error is not None
             assert refused.error["data"]["kind"] == "at_capacity"
-            assert _events(p, "session.evicted") == []
+            assert log_lines(p, "session.evicted") == []
             await c.notify("session/cancel", {"sessionId": b})
             await c.wait_reply(hanging)
             await c.new_session(str(tmp))
-            evicted = {e["session_id"] for e in _events(p, "session.evicted")}
+            evicted = {e["session_id"] for e in log_lines(p, "session.evicted")}
             assert evicted == {a, b}
             back = await c.prompt(a, "a again")
         assert back.result["_meta"]["acp-proxy"]["agent"].startswith("restored:")

@@ -13,22 +13,13 @@ import trio
 
 from acp_proxy.procmem import read_procs, tree_pss_bytes
 from acp_proxy.testing.proxy_process import fake_agent_command
+from tests.real_agent.world import log_lines
 
-from .conftest import client, eventually, proxy
+from .conftest import client, config_args, eventually, proxy
 
 pytestmark = pytest.mark.trio
 
 _INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": 1}}
-
-
-def _config(tmp: Path, text: str) -> tuple[str, str]:
-    path = tmp / "proxy.toml"
-    path.write_text(text)
-    return ("--config", str(path))
-
-
-def _events(p: Any, name: str) -> list[dict[str, Any]]:
-    return [e for e in p.logs() if e["event"] == name]
 
 
 def _fake_agent_mb() -> float:
@@ -62,16 +53,18 @@ async def test_over_budget_the_least_recently_used_idle_agent_is_stopped(tmp: Pa
     """A budget of ~2.6 agents: a third conversation stops the least recently used idle
     agent (not the most recent), and that conversation comes back on its next turn."""
     budget = int(2.6 * _fake_agent_mb())
-    extra = _config(tmp, f"max_agents_memory_mb = {budget}\nwarm_spares = 0\nidle_timeout_s = 0\n")
+    extra = config_args(
+        tmp, f"max_agents_memory_mb = {budget}\nwarm_spares = 0\nidle_timeout_s = 0\n"
+    )
     async with proxy(tmp, "--state-dir", str(tmp / "state"), extra_args=extra) as p:
         async with client(p) as c:
             a = await c.new_session(str(tmp))
             b = await c.new_session(str(tmp))
             await c.prompt(b, "b first")
             await c.prompt(a, "a first")  # a is the most recently used
-            assert _events(p, "session.evicted") == []
+            assert log_lines(p, "session.evicted") == []
             await c.new_session(str(tmp))
-            [evicted] = _events(p, "session.evicted")
+            [evicted] = log_lines(p, "session.evicted")
             assert (evicted["session_id"], evicted["reason"]) == (b, "memory")
             warm = await c.prompt(a, "a again")
             assert warm.result["_meta"]["acp-proxy"]["agent"] == "warm"
@@ -83,7 +76,7 @@ async def test_a_new_agent_that_does_not_fit_is_refused_while_all_are_busy(tmp: 
     """Room for one agent, and it is in a turn: the next session/new waits, then fails with
     kind memory_budget; once the turn is over the idle agent makes room."""
     budget = int(1.5 * _fake_agent_mb())
-    extra = _config(
+    extra = config_args(
         tmp,
         f"max_agents_memory_mb = {budget}\nwarm_spares = 0\nagent_start_timeout_s = 1.5\n",
     )
@@ -96,11 +89,11 @@ async def test_a_new_agent_that_does_not_fit_is_refused_while_all_are_busy(tmp: 
         assert refused.error is not None
         assert refused.error["data"]["kind"] == "memory_budget"
         assert "max_agents_memory_mb" in refused.error["message"]
-        assert _events(p, "session.evicted") == []  # never mid-turn
+        assert log_lines(p, "session.evicted") == []  # never mid-turn
         await c.notify("session/cancel", {"sessionId": a})
         await c.wait_reply(turn)
         await c.new_session(str(tmp))
-        [evicted] = _events(p, "session.evicted")
+        [evicted] = log_lines(p, "session.evicted")
         assert (evicted["session_id"], evicted["reason"]) == (a, "memory")
 
 
@@ -108,10 +101,10 @@ async def test_spares_are_stopped_first_when_memory_is_short(tmp: Path) -> None:
     """Two spares start at once into a budget that holds one: the memory watch stops a
     spare (logged, counted in the status)."""
     budget = int(1.5 * _fake_agent_mb())
-    extra = _config(tmp, f"max_agents_memory_mb = {budget}\nwarm_spares = 2\n")
+    extra = config_args(tmp, f"max_agents_memory_mb = {budget}\nwarm_spares = 2\n")
     async with proxy(tmp, extra_args=extra) as p, client(p) as c:
-        await eventually(lambda: bool(_events(p, "agent.spare_stopped")), within_s=15)
-        [over] = [e for e in _events(p, "agents.over_memory_budget") if e.get("stopped")]
+        await eventually(lambda: bool(log_lines(p, "agent.spare_stopped")), within_s=15)
+        [over] = [e for e in log_lines(p, "agents.over_memory_budget") if e.get("stopped")]
         assert [s["role"] for s in over["stopped"]] == ["spare"]
         status = (await c.request("_acp-proxy/status", {})).unwrap()
         assert status["agents_stopped_for_memory"]["spare"] == 1
@@ -127,7 +120,9 @@ async def test_conversations_nobody_came_back_for_have_the_short_idle_limit(
 ) -> None:
     """session/new + one turn + gone (acpx exec): evicted after unreturned_idle_timeout_s.
     A conversation whose client stays, or that a client loaded again, keeps the long one."""
-    extra = _config(tmp, "unreturned_idle_timeout_s = 0.5\nidle_timeout_s = 600\nwarm_spares = 0\n")
+    extra = config_args(
+        tmp, "unreturned_idle_timeout_s = 0.5\nidle_timeout_s = 600\nwarm_spares = 0\n"
+    )
     async with proxy(tmp, extra_args=extra) as p:
         async with client(p) as gone:
             exec_like = await gone.new_session(str(tmp))
@@ -143,7 +138,7 @@ async def test_conversations_nobody_came_back_for_have_the_short_idle_limit(
         async with client(p) as stays:
             attached = await stays.new_session(str(tmp))
             await stays.prompt(attached, "first")
-            await eventually(lambda: bool(_events(p, "session.evicted")))
+            await eventually(lambda: bool(log_lines(p, "session.evicted")))
             await trio.sleep(1.0)  # two more limits: nobody else goes
-            evicted = _events(p, "session.evicted")
+            evicted = log_lines(p, "session.evicted")
         assert [(e["session_id"], e["reason"]) for e in evicted] == [(exec_like, "idle_unreturned")]

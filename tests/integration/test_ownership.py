@@ -16,9 +16,10 @@ import pytest
 import trio
 
 from acp_proxy.testing.client import AcpClient
-from acp_proxy.testing.proxy_process import ProxyHandle, pid_exists
+from acp_proxy.testing.proxy_process import pid_exists
+from tests.real_agent.world import log_lines
 
-from .conftest import client, db_rows, eventually, proxy, summary
+from .conftest import client, config_args, db_rows, eventually, proxy, summary
 from .test_durability import unread_agent_output
 
 pytestmark = pytest.mark.trio
@@ -46,16 +47,6 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def _config(tmp: Path, text: str) -> tuple[str, str]:
-    path = tmp / "proxy.toml"
-    path.write_text(text)
-    return ("--config", str(path))
-
-
-def _events(p: ProxyHandle, name: str) -> list[dict[str, Any]]:
-    return [e for e in p.logs() if e["event"] == name]
-
-
 async def _agent_pid(c: AcpClient, sid: str) -> int:
     state = (await c.request("_fake/state", {"sessionId": sid})).unwrap("_fake/state")
     pid: int = state["pid"]
@@ -72,7 +63,7 @@ async def test_a_committed_answer_reaches_the_client_after_its_agent_is_stopped(
     """The agent answers while its batch waits for the store (another process holds the write
     lock); its agent is then stopped (close, delete, or eviction for another conversation's
     agent); once the lock goes, the client still gets every update and the response."""
-    extra = _config(tmp, "warm_spares = 0\nmax_live_agents = 1\nidle_timeout_s = 0\n")
+    extra = config_args(tmp, "warm_spares = 0\nmax_live_agents = 1\nidle_timeout_s = 0\n")
     async with proxy(tmp, "--thoughts", "0", "--tool-calls", "0", extra_args=extra) as p:
         async with client(p) as c, client(p) as other:
             sid = await c.new_session(str(tmp))
@@ -111,15 +102,15 @@ async def test_a_committed_answer_reaches_the_client_after_its_agent_is_stopped(
 async def test_a_client_gone_during_session_new_leaves_no_agent_and_no_session(tmp: Path) -> None:
     """session/new waits for a slow agent start; the client breaks its connection (a malformed
     line, then close). The owner finishes the bind, sees nobody waits, and undoes it."""
-    extra = _config(tmp, "warm_spares = 0\n")
+    extra = config_args(tmp, "warm_spares = 0\n")
     async with proxy(tmp, "--startup-delay", "1.5", extra_args=extra) as p:
         async with client(p) as c:
             await c.send_request("session/new", {"cwd": str(tmp), "mcpServers": []})
-            await eventually(lambda: bool(_events(p, "agent.spawned")))
+            await eventually(lambda: bool(log_lines(p, "agent.spawned")))
             await c.send_raw(b"{not json\n")
         # The agent was spawned for it: it must be gone again, and no session recorded.
-        await eventually(lambda: bool(_events(p, "session.deleted")), within_s=20)
-        [deleted] = _events(p, "session.deleted")
+        await eventually(lambda: bool(log_lines(p, "session.deleted")), within_s=20)
+        [deleted] = log_lines(p, "session.deleted")
         assert deleted["reason"] == "requester_gone"
         await eventually(lambda: not descendants(p.process.pid), within_s=20)
         assert db_rows(p.db, "SELECT count(*) FROM sessions") == [(0,)]
@@ -131,7 +122,7 @@ async def test_a_client_gone_during_session_new_leaves_no_agent_and_no_session(t
 async def test_a_client_gone_during_a_restore_does_not_wedge_the_session(tmp: Path) -> None:
     """A prompt waits for a restore (slow agent start) and its client goes away; the next
     prompt, from another connection, is served."""
-    extra = _config(tmp, "warm_spares = 0\n")
+    extra = config_args(tmp, "warm_spares = 0\n")
     state = tmp / "state"
     async with proxy(tmp, "--startup-delay", "1", "--state-dir", str(state), extra_args=extra) as p:
         async with client(p) as c:
@@ -140,7 +131,7 @@ async def test_a_client_gone_during_a_restore_does_not_wedge_the_session(tmp: Pa
             assert (await c.request("session/close", {"sessionId": sid})).error is None
         async with client(p) as c:
             await c.send_request("session/prompt", {"sessionId": sid, "prompt": [_text("two")]})
-            await eventually(lambda: len(_events(p, "agent.spawned")) == 2)
+            await eventually(lambda: len(log_lines(p, "agent.spawned")) == 2)
         # c left while the restore ran; the owner finished it (or undid it): either way the
         # next prompt works.
         async with client(p) as c:
@@ -162,7 +153,7 @@ async def test_the_agent_cap_holds_under_concurrent_session_new(tmp: Path) -> No
     succeed, one after another as idle agents make room, and never more than 3 agent
     processes run at once."""
     cap, count = 3, 10
-    extra = _config(tmp, f"warm_spares = 0\nmax_live_agents = {cap}\nidle_timeout_s = 0\n")
+    extra = config_args(tmp, f"warm_spares = 0\nmax_live_agents = {cap}\nidle_timeout_s = 0\n")
     peak = 0
     async with proxy(tmp, "--startup-delay", "0.2", extra_args=extra) as p:
         results: list[Any] = []
@@ -195,7 +186,7 @@ async def test_the_agent_cap_holds_under_concurrent_session_new(tmp: Path) -> No
 async def test_a_prompt_racing_delete_never_revives_the_session(tmp: Path) -> None:
     """Prompt and delete sent together: whatever order they run in, afterwards the session is
     gone from the store, no agent runs for it, and a later prompt gets -32002."""
-    extra = _config(tmp, "warm_spares = 0\n")
+    extra = config_args(tmp, "warm_spares = 0\n")
     async with proxy(tmp, extra_args=extra) as p:
         for _trial in range(4):
             async with client(p) as a, client(p) as b:
@@ -264,7 +255,7 @@ async def test_replay_after_a_restore_equals_what_the_client_saw(tmp: Path) -> N
             await c.prompt(sid, "one")
             assert (await c.request("session/close", {"sessionId": sid})).error is None
             await c.prompt(sid, "two")  # restored through session/resume
-            assert len(_events(p, "session.restored")) == 1
+            assert len(log_lines(p, "session.restored")) == 1
             seen = [u["update"] for u in c.updates(sid)]
         async with client(p) as d:
             loaded = await d.request(
@@ -285,12 +276,12 @@ async def test_the_agent_behind_a_killed_wrapper_is_stopped_with_the_proxy(tmp: 
     end it too."""
     real = f"{sys.executable} -m acp_proxy.testing.fake_agent"
     wrapper = ["/bin/sh", "-c", f"{real}; exit $?"]
-    extra = _config(tmp, "warm_spares = 0\n")
+    extra = config_args(tmp, "warm_spares = 0\n")
     async with run_wrapped(tmp, wrapper, extra) as p, client(p) as c:
         sid = await c.new_session(str(tmp))
         await c.prompt(sid, "one")
         real_pid = await _agent_pid(c, sid)
-        [spawned] = _events(p, "agent.spawned")
+        [spawned] = log_lines(p, "agent.spawned")
         wrapper_pid = spawned["agent_pid"]
         assert real_pid != wrapper_pid
         os.kill(wrapper_pid, signal.SIGKILL)
@@ -316,12 +307,12 @@ async def test_an_agent_started_with_a_clients_environment_never_becomes_a_spare
     per-process variable is stopped, not kept as a spare another client would take. (The
     spare kept for these values, ``env_spares``, is only for clients with the same values:
     off here, so that any agent left with them would be this one.)"""
-    extra = _config(tmp, 'warm_spares = 1\nenv_spares = 0\nper_process_env = ["TENANT"]\n')
+    extra = config_args(tmp, 'warm_spares = 1\nenv_spares = 0\nper_process_env = ["TENANT"]\n')
     async with proxy(tmp, "--refuse-new", extra_args=extra) as p, client(p) as c:
         await c.notify("_acp-proxy/env", {"env": {"TENANT": "acme"}})
         refused = await c.request("session/new", {"cwd": str(tmp), "mcpServers": []})
         assert refused.error is not None
-        await eventually(lambda: len(_events(p, "agent.exited")) >= 1)
+        await eventually(lambda: len(log_lines(p, "agent.exited")) >= 1)
         for pid in descendants(p.process.pid):
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             assert b"TENANT=acme" not in environ
@@ -330,7 +321,7 @@ async def test_an_agent_started_with_a_clients_environment_never_becomes_a_spare
 async def test_cli_delete_of_a_live_session_stops_its_agent(tmp: Path) -> None:
     """``acp-proxy sessions delete --socket`` goes through the running proxy: the agent stops
     and a later prompt gets -32002 instead of running on a conversation that is gone."""
-    extra = _config(tmp, "warm_spares = 0\n")
+    extra = config_args(tmp, "warm_spares = 0\n")
     async with proxy(tmp, extra_args=extra) as p, client(p) as c:
         sid = await c.new_session(str(tmp))
         await c.prompt(sid, "one")

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 import trio
 
-from .conftest import client, db_rows, eventually, proxy
+from tests.real_agent.world import log_lines
+
+from .conftest import client, config_args, db_rows, eventually, proxy
 
 pytestmark = pytest.mark.trio
 
@@ -18,24 +20,14 @@ pytestmark = pytest.mark.trio
 MCP = [{"name": "files", "command": "/bin/true", "args": [], "env": []}]
 
 
-def _events(p: Any, name: str) -> list[dict[str, Any]]:
-    return [e for e in p.logs() if e["event"] == name]
-
-
-def _config(tmp: Path, text: str) -> tuple[str, str]:
-    path = tmp / "proxy.toml"
-    path.write_text(text)
-    return ("--config", str(path))
-
-
 async def test_a_new_conversation_takes_the_session_its_spare_opened_ahead(tmp: Path) -> None:
     """After a conversation in a directory, the next spare opens a session there; a new
     conversation in that directory gets it: answered from it, served by that spare, and what
     the agent said about the session before (its available commands) is the conversation's."""
     async with proxy(tmp) as p, client(p) as c:
         first = await c.new_session(str(tmp))
-        await eventually(lambda: len(_events(p, "agent.preopened")) == 1)
-        [ahead] = _events(p, "agent.preopened")
+        await eventually(lambda: len(log_lines(p, "agent.preopened")) == 1)
+        [ahead] = log_lines(p, "agent.preopened")
         assert ahead["cwd"] == str(tmp) and ahead["reused"] is False
         status = (await c.request("_acp-proxy/status", {})).unwrap()
         [spare] = [a for a in status["agents"] if a["role"] == "spare"]
@@ -73,14 +65,14 @@ async def test_a_session_opened_ahead_and_not_used_is_resumed_not_piled_up(tmp: 
     async with proxy(tmp, "--state-dir", str(state_dir)) as p, client(p) as c:
         await c.new_session(str(tmp))
         for n in range(1, 4):
-            await eventually(lambda n=n: len(_events(p, "agent.preopened")) == n)  # type: ignore[misc]
+            await eventually(lambda n=n: len(log_lines(p, "agent.preopened")) == n)  # type: ignore[misc]
             sid = (await c.request("session/new", {"cwd": str(tmp), "mcpServers": MCP})).unwrap()[
                 "sessionId"
             ]
             reply = await c.prompt(sid, "with tools")
             assert reply.result["_meta"]["acp-proxy"]["agent"] == "spare"
-        await eventually(lambda: len(_events(p, "agent.preopened")) == 4)
-        ahead = _events(p, "agent.preopened")
+        await eventually(lambda: len(log_lines(p, "agent.preopened")) == 4)
+        ahead = log_lines(p, "agent.preopened")
         assert [e["reused"] for e in ahead] == [False, True, True, True]
         assert len({e["upstream_session_id"] for e in ahead}) == 1
         # 4 conversations + the one session opened ahead (8 without the reuse: one per spare).
@@ -95,15 +87,15 @@ async def test_a_conversation_in_another_directory_opens_its_own(tmp: Path) -> N
     other.mkdir()
     async with proxy(tmp) as p, client(p) as c:
         await c.new_session(str(tmp))
-        await eventually(lambda: len(_events(p, "agent.preopened")) == 1)
+        await eventually(lambda: len(log_lines(p, "agent.preopened")) == 1)
         sid = await c.new_session(str(other))
         reply = await c.prompt(sid, "elsewhere")
         assert reply.result["_meta"]["acp-proxy"]["agent"] == "spare"
         state = (await c.request("_fake/state", {"sessionId": sid})).unwrap()
         assert state["sessions"][next(iter(state["sessions"]))]["cwd"] == str(other)
         assert {u["sessionId"] for u in c.updates()} <= {sid, *_created_ids(p)}
-        await eventually(lambda: len(_events(p, "agent.preopened")) == 2)
-        assert _events(p, "agent.preopened")[-1]["cwd"] == str(other)
+        await eventually(lambda: len(log_lines(p, "agent.preopened")) == 2)
+        assert log_lines(p, "agent.preopened")[-1]["cwd"] == str(other)
 
 
 async def _spare_ready(c: Any) -> None:
@@ -116,7 +108,7 @@ async def _spare_ready(c: Any) -> None:
 
 
 def _created_ids(p: Any) -> set[str]:
-    return {e["session_id"] for e in _events(p, "session.created")}
+    return {e["session_id"] for e in log_lines(p, "session.created")}
 
 
 async def test_opening_ahead_can_be_turned_off(tmp: Path) -> None:
@@ -126,23 +118,23 @@ async def test_opening_ahead_can_be_turned_off(tmp: Path) -> None:
         sid = await c.new_session(str(tmp))
         reply = await c.prompt(sid, "hello")
         assert reply.result["_meta"]["acp-proxy"]["agent"] == "spare"
-        assert _events(p, "agent.preopened") == []
+        assert log_lines(p, "agent.preopened") == []
 
 
 async def test_no_idle_spare_while_a_shared_process_has_room(tmp: Path) -> None:
     """With several conversations per process, a spare is started only once the last free
     place is taken (a new conversation would share the process anyway): one process less."""
-    extra = _config(tmp, "max_sessions_per_agent = 3\nwarm_spares = 1\n")
+    extra = config_args(tmp, "max_sessions_per_agent = 3\nwarm_spares = 1\n")
     async with proxy(tmp, extra_args=extra) as p, client(p) as c:
-        await eventually(lambda: len(_events(p, "agent.spawned")) == 1)
+        await eventually(lambda: len(log_lines(p, "agent.spawned")) == 1)
         await c.new_session(str(tmp))  # takes the spare: its process has 2 free places
         await c.new_session(str(tmp))
         with trio.move_on_after(2.0):
-            await eventually(lambda: len(_events(p, "agent.spawned")) > 1, within_s=3)
-        assert len(_events(p, "agent.spawned")) == 1, "a spare was started beside free places"
+            await eventually(lambda: len(log_lines(p, "agent.spawned")) > 1, within_s=3)
+        assert len(log_lines(p, "agent.spawned")) == 1, "a spare was started beside free places"
         await c.new_session(str(tmp))  # the last place: now a spare is started
-        await eventually(lambda: len(_events(p, "agent.spawned")) == 2)
-        await eventually(lambda: len(_events(p, "agent.preopened")) == 1)
+        await eventually(lambda: len(log_lines(p, "agent.spawned")) == 2)
+        await eventually(lambda: len(log_lines(p, "agent.preopened")) == 1)
         fourth = await c.new_session(str(tmp))
         reply = await c.prompt(fourth, "hi")
         assert reply.result["_meta"]["acp-proxy"]["agent"] == "preopened"
@@ -159,7 +151,7 @@ async def test_a_conversation_waits_for_the_spare_being_started(tmp: Path) -> No
         sid = await c.new_session(str(tmp))
         reply = await c.prompt(sid, "hello")
         assert reply.result["_meta"]["acp-proxy"]["agent"] in ("spare", "preopened")
-        spawned = _events(p, "agent.spawned")
+        spawned = log_lines(p, "agent.spawned")
         assert len(spawned) <= 3  # the first spare, its replacement, the next replacement
 
 
@@ -171,7 +163,7 @@ async def test_a_client_that_authenticated_never_gets_a_session_opened_before(
     key = {"methodId": "api-key", "_meta": {"key": "secret-a"}}
     async with proxy(tmp) as p, client(p) as c, client(p) as a:
         await c.new_session(str(tmp))
-        await eventually(lambda: len(_events(p, "agent.preopened")) == 1)
+        await eventually(lambda: len(log_lines(p, "agent.preopened")) == 1)
         (await a.request("authenticate", key)).unwrap()
         sid = await a.new_session(str(tmp))
         reply = await a.prompt(sid, "hello")
@@ -179,4 +171,4 @@ async def test_a_client_that_authenticated_never_gets_a_session_opened_before(
         state = (await a.request("_fake/state", {"sessionId": sid})).unwrap()
         assert state["authenticated"] == [key]
         [(upstream,)] = db_rows(p.db, "SELECT upstream_session_id FROM sessions WHERE id=?", sid)
-        assert upstream != _events(p, "agent.preopened")[0]["upstream_session_id"]
+        assert upstream != log_lines(p, "agent.preopened")[0]["upstream_session_id"]
