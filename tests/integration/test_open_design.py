@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 import trio
+from anyio.abc import Process
 
 from acp_proxy.testing.client import AcpClient
 from acp_proxy.testing.proxy_process import ProxyHandle, pid_exists
@@ -37,12 +38,12 @@ def bridge_command(p: ProxyHandle, real_binary: str, *args: str) -> list[str]:
 
 
 @asynccontextmanager
-async def daemon_turn(
+async def _bridge(
     p: ProxyHandle, real: str, env: dict[str, str], stderr: Path | None = None
-) -> AsyncIterator[AcpClient]:
-    """One run of the daemon: spawn the bridge detached, talk ACP, then close stdin and
-    SIGTERM the whole process group 500 ms later, as open-design does after every turn
-    (``stderr``: a file that gets the bridge's stderr)."""
+) -> AsyncIterator[tuple[Process, AcpClient]]:
+    """The daemon spawning its agent binary (the bridge) detached, in its own process group,
+    and initializing it as open-design does (``stderr``: a file that gets the bridge's
+    stderr). Whatever of the group is left at the end is killed."""
     errors = stderr.open("ab") if stderr is not None else None
     process = await anyio.open_process(
         bridge_command(p, real, *ENTRY),
@@ -65,11 +66,7 @@ async def daemon_turn(
                     "clientInfo": {"name": "open-design", "version": "runtime-adapter"},
                 },
             )
-            yield c
-            await process.stdin.aclose()
-            await trio.sleep(0.5)
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+            yield process, c
             tg.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
@@ -80,6 +77,21 @@ async def daemon_turn(
             await process.aclose()
             if errors is not None:
                 errors.close()
+
+
+@asynccontextmanager
+async def daemon_turn(
+    p: ProxyHandle, real: str, env: dict[str, str], stderr: Path | None = None
+) -> AsyncIterator[AcpClient]:
+    """One run of the daemon: spawn the bridge, talk ACP, then close stdin and SIGTERM the
+    whole process group 500 ms later, as open-design does after every turn."""
+    async with _bridge(p, real, env, stderr) as (process, c):
+        yield c
+        assert process.stdin is not None
+        await process.stdin.aclose()
+        await trio.sleep(0.5)
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
 
 
 async def run_turn(c: AcpClient, handle: str | None, cwd: str, text: str) -> tuple[str, Any]:
@@ -230,35 +242,18 @@ async def test_load_that_cannot_attach_is_resume_failed(tmp: Path, real_binary: 
 
 async def _kill_bridge_mid_turn(p: ProxyHandle, real: str, handle: str | None) -> str:
     """A daemon run whose watchdog SIGTERMs the bridge's group mid-turn, no session/cancel."""
-    process = await anyio.open_process(
-        bridge_command(p, real, *ENTRY),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    assert process.stdin is not None and process.stdout is not None
-    c = AcpClient(process.stdout, process.stdin)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(c._read)
-            await c.request("initialize", {"protocolVersion": 1, "clientCapabilities": {}})
-            if handle is None:
-                new = await c.request("session/new", {"cwd": str(p.log_path.parent)})
-                handle = new.unwrap()["sessionId"]
-            await c.start_prompt(handle, 'fake:{"hang": true}')
-            await c.wait_for(
-                lambda m: (
-                    m.get("method") == "session/update"
-                    and m["params"]["update"]["sessionUpdate"] == "agent_message_chunk"
-                )
+    async with _bridge(p, real, {}) as (process, c):
+        if handle is None:
+            new = await c.request("session/new", {"cwd": str(p.log_path.parent)})
+            handle = new.unwrap()["sessionId"]
+        await c.start_prompt(handle, 'fake:{"hang": true}')
+        await c.wait_for(
+            lambda m: (
+                m.get("method") == "session/update"
+                and m["params"]["update"]["sessionUpdate"] == "agent_message_chunk"
             )
-            os.killpg(process.pid, signal.SIGTERM)
-            tg.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await process.wait()
-        await process.aclose()
+        )
+        os.killpg(process.pid, signal.SIGTERM)
     assert handle is not None
     return handle
 
