@@ -28,6 +28,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from acp_proxy.ops_cli import request_status
 from acp_proxy.testing.client import AcpClient, Reply
 
 INTRO = """# Benchmarks
@@ -348,6 +349,16 @@ def agent_text(updates: Iterable[dict[str, Any]]) -> str:
         for u in updates
         if u.get("sessionUpdate") == "agent_message_chunk"
     )
+
+
+async def ready_spare(socket: str, *, opened_ahead: bool) -> dict[str, Any]:
+    """The status entry of a ready spare of the proxy at ``socket`` (``opened_ahead``: one
+    with its session opened ahead), polled until there is one (the caller bounds it)."""
+    while True:
+        for agent in request_status(socket, 10.0)["agents"]:
+            if agent["role"] == "spare" and (agent.get("preopened") or not opened_ahead):
+                return dict(agent)
+        await anyio.sleep(0.1)
 
 
 def proxy_meta(result: Any) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from bench._common import (
     ms,
     new_parser,
     parse,
+    ready_spare,
     report,
     row,
     run_main,
@@ -125,16 +126,6 @@ async def _new(socket: str, cwd: str, agent: str) -> tuple[float, str]:
         return _answer_ok(reply, agent, "new") - start, served
 
 
-async def _spare_settled(socket: str, k: int) -> None:
-    """Until a spare is ready with its session opened ahead (k = 1: a new conversation
-    takes the spare; above, it shares a process and needs none)."""
-    while k == 1:  # bounded by the caller's deadline
-        status = request_status(socket, 10.0)
-        if any(a["role"] == "spare" and a.get("preopened") for a in status["agents"]):
-            return
-        await anyio.sleep(0.1)
-
-
 def _fleet_memory(socket: str) -> tuple[int, int]:
     """PSS of every agent tree (spare included) and the number of agent processes."""
     status = request_status(socket, 10.0)
@@ -175,7 +166,8 @@ async def measure(
             figures.new_served_by.append(served)
             await anyio.sleep(SETTLE_S)
             with anyio.fail_after(STEP_LIMIT_S):
-                await _spare_settled(handle.socket, k)  # the spare taken is replaced
+                if k == 1:  # a new conversation takes the spare: wait for its replacement
+                    await ready_spare(handle.socket, opened_ahead=True)
     print()
     return figures
 

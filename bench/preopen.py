@@ -31,11 +31,20 @@ from typing import Any
 
 import anyio
 
-from acp_proxy.ops_cli import request_status
 from acp_proxy.procmem import read_procs, tree_pss_bytes
 from acp_proxy.testing.client import AcpClient
 from acp_proxy.testing.proxy_process import run_proxy
-from bench._common import Stamp, first_token, ms, new_parser, parse, report, row, run_main
+from bench._common import (
+    Stamp,
+    first_token,
+    ms,
+    new_parser,
+    parse,
+    ready_spare,
+    report,
+    row,
+    run_main,
+)
 
 SECTION_TITLE = "## 20. Sessions opened ahead on spares (real opencode and claude-agent-acp)"
 RUN_LIMIT_S = 180.0
@@ -60,14 +69,6 @@ class World:
     cwd: str
 
 
-async def _spare_ready(socket: str, preopen: bool) -> dict[str, Any]:
-    while True:  # bounded by the caller's deadline
-        for agent in request_status(socket, 10.0)["agents"]:
-            if agent["role"] == "spare" and (agent.get("preopened") or not preopen):
-                return dict(agent)
-        await anyio.sleep(0.1)
-
-
 async def _run(world: World, tmp: Path, preopen: bool, figures: Figures, n: int) -> None:
     extra = () if preopen else ("--no-preopen-sessions",)
     proxy_dir = tmp / f"{world.name}-{n}-{preopen}"
@@ -78,7 +79,7 @@ async def _run(world: World, tmp: Path, preopen: bool, figures: Figures, n: int)
         await c.initialize()
         first = await c.new_session(world.cwd)
         first_token(await c.prompt(first, "the first conversation"), "first conversation")
-        spare = await _spare_ready(p.socket, preopen)
+        spare = await ready_spare(p.socket, opened_ahead=preopen)
         await anyio.sleep(SETTLE_S)
         pss = tree_pss_bytes([spare["pid"]], read_procs())
         figures.spare_mib.append(sum(pss.values()) / 2**20)
