@@ -4,6 +4,7 @@ only agents started for it, never a spare another client takes. A mixin of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -28,6 +29,8 @@ class ClientAuth:
     tg: TaskGroup
     spares: list[AgentProcess]
     _held: dict[int, AgentProcess]
+    #: drops the session an agent opened ahead, if any (``preopen.Preopening``)
+    forget_preopened: Callable[[AgentProcess], None]
 
     async def spawn(
         self, cwd: str | None, env: dict[str, str] | None = None, auth: Raw | None = None
@@ -38,8 +41,14 @@ class ClientAuth:
     async def _add_spare(self) -> None:
         raise NotImplementedError
 
-    async def _authenticate(self, agent: AgentProcess, auth: Raw) -> None:
+    def _scope(self, agent: AgentProcess) -> None:
+        """``agent`` takes a client's credentials: it is that client's alone, and a session
+        it opened ahead before them is not handed to that client."""
         agent.scoped = True
+        self.forget_preopened(agent)
+
+    async def _authenticate(self, agent: AgentProcess, auth: Raw) -> None:
+        self._scope(agent)
         try:
             with anyio.fail_after(self.config.agent_start_timeout_s):
                 await agent.call("authenticate", auth)
@@ -60,7 +69,7 @@ class ClientAuth:
         agent = self._held.pop(owner, None)
         if agent is None or not agent.alive:
             agent = await self._take_spare() or await self.spawn(None)
-        agent.scoped = True
+        self._scope(agent)
         try:
             result = await agent.call("authenticate", auth)
         except BaseException:

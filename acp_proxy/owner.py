@@ -239,11 +239,7 @@ class SessionOwner:
             stored = True
             session.agent = agent
             started = time.monotonic()
-            prepared = None
-            if auth is None:
-                prepared = self.pool.claim_preopened(agent, session.record.cwd, params)
-            else:  # opened before this client's credentials: not its own
-                self.pool.forget_preopened(agent)
+            prepared = self.pool.claim_preopened(agent, session.record.cwd, params)
             async with host.binding_of(session):  # one bind at a time on a shared process
                 try:
                     result = await self.pool.preopened_result(prepared) if prepared else None

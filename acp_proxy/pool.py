@@ -307,14 +307,11 @@ class AgentPool(ClientAuth, FleetMemory, EnvSpares, Preopening):
         if held is not None:
             held.stop()
         for attempt in range(2):
-            while self.spares and not env:
-                agent = self.spares.pop(0)
-                if agent.alive:
-                    if len(self.spares) < self.config.warm_spares:
-                        self.tg.start_soon(self._add_spare)
-                    if auth is not None:
-                        await self._authenticate(agent, auth)
-                    return agent, SetupTimings("spare")
+            spare = None if env else await self._take_spare()
+            if spare is not None:
+                if auth is not None:
+                    await self._authenticate(spare, auth)
+                return spare, SetupTimings("spare")
             # None ready, but one starting is further along than a new process would be.
             if attempt or env or self._spare_waiters >= self._spares_starting:
                 break
