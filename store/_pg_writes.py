@@ -13,6 +13,7 @@ import msgspec
 from msgspec import UNSET
 
 from ._records import (
+    UPDATABLE_SESSION_COLUMNS,
     AppendEvent,
     AppendEvents,
     DeleteSession,
@@ -36,15 +37,6 @@ _PUT_SESSION = (
     f"({', '.join(f'${i}' for i in range(1, len(SessionRecord.__struct_fields__) + 1))}) "
     "ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in SessionRecord.__struct_fields__[1:])
-)
-_UPDATABLE_SESSION_COLUMNS = (
-    "upstream_session_id",
-    "modes",
-    "config_options",
-    "title",
-    "state",
-    "additional_directories",
-    "mcp_servers",
 )
 _INSERT_RUNS = (
     "INSERT INTO event_runs (session_id, last_seq, first_seq, turn, entries, payloads) "
@@ -140,7 +132,7 @@ async def _apply_one(conn: Any, op: WriteOp) -> None:
         case UpdateSession():
             assignments = ["updated_at = $1"]
             params: list[Any] = [op.updated_at]
-            for column in _UPDATABLE_SESSION_COLUMNS:
+            for column in UPDATABLE_SESSION_COLUMNS:
                 value = getattr(op, column)
                 if value is not UNSET:
                     params.append(value)

@@ -18,6 +18,7 @@ __all__ = [
     "SESSION_STATES",
     "TURN_OUTCOMES",
     "UNSET",
+    "UPDATABLE_SESSION_COLUMNS",
     "AppendEvent",
     "AppendEvents",
     "DeleteSession",
@@ -140,6 +141,10 @@ class UpdateSession(msgspec.Struct, frozen=True):
     state: str | UnsetType = UNSET
     additional_directories: bytes | UnsetType | None = UNSET
     mcp_servers: bytes | UnsetType = UNSET
+
+
+#: Columns `UpdateSession` may change besides ``updated_at`` (field name == column name).
+UPDATABLE_SESSION_COLUMNS: tuple[str, ...] = UpdateSession.__struct_fields__[2:]
 
 
 class AppendEvent(msgspec.Struct, frozen=True):

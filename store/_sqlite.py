@@ -53,6 +53,7 @@ from msgspec.structs import astuple
 
 from ._leases import Lease, LeaseBook, StaleLeaseError, require_book
 from ._records import (
+    UPDATABLE_SESSION_COLUMNS,
     AppendEvent,
     AppendEvents,
     DeleteSession,
@@ -118,16 +119,6 @@ _PUT_SESSION = (
     + ", ".join(f"{name} = excluded.{name}" for name in SessionRecord.__struct_fields__[1:])
 )  # An upsert, not INSERT OR REPLACE: REPLACE deletes the row and cascades to its events.
 
-# Columns `UpdateSession` may change besides updated_at (field name == column name).
-_UPDATABLE_SESSION_COLUMNS = (
-    "upstream_session_id",
-    "modes",
-    "config_options",
-    "title",
-    "state",
-    "additional_directories",
-    "mcp_servers",
-)
 
 _INSERT_RUN = (
     "INSERT INTO event_runs (session_id, last_seq, first_seq, turn, entries, payloads) "
@@ -980,7 +971,7 @@ def _apply_one_sync(db: sqlite3.Connection, op: WriteOp) -> None:
         case UpdateSession():
             assignments = ["updated_at = ?"]
             params: list[Any] = [op.updated_at]
-            for column in _UPDATABLE_SESSION_COLUMNS:
+            for column in UPDATABLE_SESSION_COLUMNS:
                 value = getattr(op, column)
                 if value is not UNSET:
                     assignments.append(f"{column} = ?")
